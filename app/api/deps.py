@@ -1,0 +1,34 @@
+"""Annotated dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.db import get_sessionmaker
+from app.settings import Settings
+from app.storage import Storage
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = get_sessionmaker(request.app.state.settings.resolved_database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def get_storage(request: Request) -> Storage:
+    return Storage(request.app.state.settings.resolved_storage_dir)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[Storage, Depends(get_storage)]

@@ -1,0 +1,38 @@
+"""/v1/datasets: packed datasets made by ingest and generate jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+
+from app.api.deps import SessionDep
+from app.api.schemas import DatasetList, DatasetPublic, dataset_public
+from app.problems import Problem
+from app.tables import Dataset
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.get("", response_model=DatasetList)
+def list_datasets(
+    session: SessionDep,
+    kind: Annotated[str | None, Query(pattern="^(real|synthetic)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DatasetList:
+    query = select(Dataset)
+    if kind:
+        query = query.where(Dataset.kind == kind)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset))
+    return DatasetList(data=[dataset_public(d) for d in rows], count=count)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise Problem(404, "Dataset not found", f"No dataset with id {dataset_id!r}.")
+    return dataset_public(dataset)

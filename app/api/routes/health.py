@@ -1,0 +1,61 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from app.api.deps import SettingsDep
+from app.db import get_engine
+from app.metrics import REGISTRY
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check_db(url: str) -> str | None:
+    try:
+        with get_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def _check_broker(settings) -> str | None:  # noqa: ANN001
+    if settings.is_embedded:
+        folder = settings.broker_folder / "queue"
+        return None if folder.is_dir() else f"broker folder {folder} is missing"
+    try:
+        from kombu import Connection
+
+        with Connection(settings.resolved_broker_url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+@router.get("/readyz")
+def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
+    checks = {"database": _check_db(settings.resolved_database_url), "broker": _check_broker(settings)}
+    predictor = getattr(request.app.state, "predictor", None)
+    model = predictor.status() if predictor is not None else {"loaded": False}
+    ok = all(v is None for v in checks.values())
+    body = {"status": "ready" if ok else "not ready",
+            "checks": {k: ("ok" if v is None else v) for k, v in checks.items()}, "classifier": model}
+    if not ok:
+        body.update({"type": "about:blank", "title": "Not ready", "status": 503})
+        return JSONResponse(body, status_code=503, media_type="application/problem+json")
+    return JSONResponse(body)
+
+
+@router.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

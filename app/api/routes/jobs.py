@@ -1,0 +1,51 @@
+"""/v1/jobs: create (idempotent), list, show, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app import jobs
+from app.api.deps import SessionDep, SettingsDep
+from app.api.schemas import JobCreate, JobList, JobPublic, job_public
+from app.job_kinds import validate_params
+from app.submit import submit
+from app.tables import JOB_STATES
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+def create_job(
+    body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    params = validate_params(body.kind, body.params, settings, session)
+    job, created = submit(session, settings, body.kind, params, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_public(session, job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    kind: str | None = None,
+    state: Annotated[str | None, Query(pattern="^(" + "|".join(JOB_STATES) + ")$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    rows, count = jobs.list_jobs(session, kind=kind, state=state, limit=limit, offset=offset)
+    return JobList(data=[job_public(session, j) for j in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep) -> JobPublic:
+    return job_public(session, jobs.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+    return job_public(session, jobs.request_cancel(session, job_id))

@@ -1,0 +1,86 @@
+"""The packed dataset format shared by ingest, generate and every job that reads patches.
+
+A dataset folder holds:
+- ``patches.u8``: raw uint8 pixels, shape (n, size, size, 3), C order; open it with
+  :func:`open_patches` as a read-only ``np.memmap`` so nothing is loaded until indexed;
+- ``index.npy``: one structured record per patch (patient, x, y, label, orig_h, orig_w);
+- ``meta.json``: n, size, counts and how edge patches were treated.
+
+Writing streams: :class:`PackedWriter` appends patches as they come, so memory does not
+grow with the dataset (the full public set has 277,524 patches).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INDEX_DTYPE = np.dtype(
+    [("patient", "U16"), ("x", "<i4"), ("y", "<i4"), ("label", "i1"), ("orig_h", "<i2"), ("orig_w", "<i2")]
+)
+PATCHES_FILE = "patches.u8"
+INDEX_FILE = "index.npy"
+META_FILE = "meta.json"
+
+
+class PackedWriter:
+    """Append-only writer of a packed dataset into `folder` (a staging folder)."""
+
+    def __init__(self, folder: Path, size: int) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.size = size
+        self._fh = open(self.folder / PATCHES_FILE, "wb")
+        self._records: list[np.ndarray] = []
+        self.n = 0
+
+    def append(self, patches: np.ndarray, records: np.ndarray) -> None:
+        """patches: uint8 (b, size, size, 3); records: INDEX_DTYPE array of length b."""
+        if patches.dtype != np.uint8 or patches.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(f"expected uint8 (b, {self.size}, {self.size}, 3), got {patches.dtype} {patches.shape}")
+        if len(records) != len(patches):
+            raise ValueError("one index record per patch")
+        self._fh.write(np.ascontiguousarray(patches).tobytes())
+        self._records.append(np.asarray(records, dtype=INDEX_DTYPE))
+        self.n += len(patches)
+
+    def close(self, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._fh.close()
+        index = np.concatenate(self._records) if self._records else np.zeros(0, INDEX_DTYPE)
+        np.save(self.folder / INDEX_FILE, index)
+        meta = {"format": 1, "n": int(self.n), "size": self.size, **summarize(index), **(extra_meta or {})}
+        (self.folder / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return meta
+
+
+def summarize(index: np.ndarray) -> dict[str, Any]:
+    labels, label_counts = np.unique(index["label"], return_counts=True)
+    patients, patient_counts = np.unique(index["patient"], return_counts=True)
+    by_patient: dict[str, dict[str, int]] = {}
+    for patient in patients:
+        rows = index["label"][index["patient"] == patient]
+        by_patient[str(patient)] = {str(int(lab)): int((rows == lab).sum()) for lab in np.unique(rows)}
+    return {
+        "by_label": {str(int(lab)): int(c) for lab, c in zip(labels, label_counts)},
+        "by_patient": by_patient,
+        "n_patients": int(len(patients)),
+    }
+
+
+def open_patches(folder: Path) -> np.memmap:
+    meta = read_meta(folder)
+    n, size = meta["n"], meta["size"]
+    if n == 0:
+        return np.zeros((0, size, size, 3), np.uint8)  # np.memmap refuses empty files
+    return np.memmap(Path(folder) / PATCHES_FILE, dtype=np.uint8, mode="r", shape=(n, size, size, 3))
+
+
+def read_index(folder: Path) -> np.ndarray:
+    return np.load(Path(folder) / INDEX_FILE)
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / META_FILE).read_text())

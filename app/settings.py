@@ -1,0 +1,75 @@
+"""One typed Settings object (pydantic-settings, env prefix HISTOSYNTH_).
+
+With no environment at all the service is *embedded*: a SQLite file, Celery's filesystem
+transport and the storage directory, all under ``$HISTOSYNTH_HOME`` (default ``./var``).
+Setting ``HISTOSYNTH_DATABASE_URL=postgresql+psycopg://...`` and
+``HISTOSYNTH_BROKER_URL=redis://...`` gives the production shape.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HISTOSYNTH_", extra="ignore")
+
+    home: Path = Field(default=Path("var"), description="Root of everything embedded mode writes.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home.")
+    broker_url: str | None = Field(default=None, description="Celery broker; default filesystem under home.")
+    storage_dir: Path | None = Field(default=None, description="Datasets, checkpoints, artifacts; default home/storage.")
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the API.")
+
+    # Leases: a running job whose worker stops heart-beating goes back to queued after this.
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 10.0
+    reaper_interval_seconds: float = 5.0
+    # A queued job whose message may have been lost is re-sent after this many seconds.
+    requeue_after_seconds: float = 30.0
+    max_attempts: int = 3
+
+    # Server-side ingest paths must sit under one of these roots (empty: any readable path).
+    ingest_roots: list[Path] = Field(default_factory=list)
+    max_upload_bytes: int = 2 * 1024**3
+    # Caps for generation and predictions (bad input gets a 4xx, never a 500).
+    max_generate_n: int = 100_000
+    max_prediction_files: int = 64
+    max_prediction_bytes: int = 32 * 1024**2
+    max_image_pixels: int = 4096 * 4096
+
+    log_level: str = "INFO"
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_home / 'histosynth.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return (self.storage_dir or self.resolved_home / "storage").expanduser().resolve()
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.resolved_home / "broker"
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

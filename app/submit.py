@@ -1,0 +1,32 @@
+"""Create a job and wake a worker. The row is written first: if the broker is down the job
+stays queued and the worker's reaper re-sends its message later; nothing is lost."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import jobs
+from app.metrics import JOBS_SUBMITTED
+from app.settings import Settings
+from app.tables import Job
+
+log = logging.getLogger("histosynth.api")
+
+
+def submit(session: Session, settings: Settings, kind: str, params: dict[str, Any],
+           idempotency_key: str | None = None) -> tuple[Job, bool]:
+    job, created = jobs.create_job(session, kind, params, idempotency_key=idempotency_key,
+                                   max_attempts=settings.max_attempts)
+    if created:
+        JOBS_SUBMITTED.labels(kind=kind).inc()
+        try:
+            from worker.celery_app import enqueue
+
+            enqueue(job.id, settings)
+            jobs.mark_enqueued(session, job.id)
+        except Exception:  # the reaper re-sends it once the broker is back
+            log.exception("could not enqueue job %s; it stays queued", job.id)
+    return job, created

@@ -1,0 +1,164 @@
+"""JobContext: what a running job's handler gets — params, storage, and the callbacks that
+report progress, honour cancel, and record artifacts and checkpoints — plus the runner that
+claims the job, heart-beats its lease and records the outcome."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app import jobs
+from app.db import session_scope
+from app.settings import Settings
+from app.storage import Storage, write_bytes_atomic
+from app.tables import Artifact, Checkpoint
+
+log = logging.getLogger("histosynth.worker")
+ID_NAMESPACE = uuid.UUID("6f1c3e58-1d0b-4b7e-9a1e-5f0c2d9a7b11")
+
+
+def stable_id(*parts: str) -> str:
+    """Ids derived from the job make a re-run after a crash overwrite, never duplicate."""
+    return uuid.uuid5(ID_NAMESPACE, "/".join(parts)).hex
+
+
+class JobAborted(Exception):
+    """Raised inside a handler when the job was cancelled or its lease was lost."""
+
+
+class UserError(Exception):
+    """A failure caused by the job's input: recorded as the job's error, never retried."""
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rows: list[Any] = field(default_factory=list)  # ORM rows committed with the success
+
+
+class JobContext:
+    def __init__(self, settings: Settings, job_id: str, kind: str, params: dict[str, Any], owner: str, attempt: int):
+        self.settings = settings
+        self.job_id, self.kind, self.params, self.owner, self.attempt = job_id, kind, params, owner, attempt
+        self.storage = Storage(settings.resolved_storage_dir)
+        self.cancel_requested = False
+        self.lease_lost = False
+        self._last_progress = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def db_url(self) -> str:
+        return self.settings.resolved_database_url
+
+    def work_dir(self) -> Path:
+        return self.storage.job_dir(self.job_id)
+
+    # -- callbacks handed to the ML core ---------------------------------------------------
+    def should_abort(self) -> bool:
+        return self.cancel_requested or self.lease_lost
+
+    def check_abort(self) -> None:
+        if self.should_abort():
+            raise JobAborted("cancelled" if self.cancel_requested else "lease lost")
+
+    def progress(self, current: int, total: int, message: str | None = None, *, metrics: dict | None = None,
+                 force: bool = False) -> None:
+        """Throttled: at most a few writes per second whatever the caller's rate."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.5 and current < total:
+            return
+        self._last_progress = now
+        with self._lock, session_scope(self.db_url) as s:
+            owner, cancel = jobs.set_progress(s, self.job_id, self.owner, current, total, message, metrics)
+        self.lease_lost |= not owner
+        self.cancel_requested |= cancel
+
+    def add_artifact(self, name: str, media_type: str, data: bytes) -> str:
+        artifact_id = stable_id(self.job_id, "artifact", name)
+        path = self.storage.dir("artifacts", self.job_id) / f"{artifact_id}"
+        size = write_bytes_atomic(path, data)
+        self.register_artifact(artifact_id, name, media_type, path, size)
+        return artifact_id
+
+    def register_artifact(self, artifact_id: str, name: str, media_type: str, path: Path, size: int) -> None:
+        with self._lock, session_scope(self.db_url) as s:
+            s.merge(Artifact(id=artifact_id, job_id=self.job_id, name=name, media_type=media_type,
+                             path=str(path), size_bytes=size))
+
+    def add_checkpoint(self, name: str, step: int, path: Path) -> None:
+        with self._lock, session_scope(self.db_url) as s:
+            s.merge(Checkpoint(id=stable_id(self.job_id, "ckpt", name, str(step)), job_id=self.job_id, name=name,
+                               step=step, path=str(path), size_bytes=path.stat().st_size))
+
+    def heartbeat(self) -> None:
+        with self._lock, session_scope(self.db_url) as s:
+            owner, cancel = jobs.heartbeat(s, self.job_id, self.owner, self.settings.lease_seconds)
+        self.lease_lost |= not owner
+        self.cancel_requested |= cancel
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _heartbeat_loop(ctx: JobContext, stop: threading.Event) -> None:
+    while not stop.wait(ctx.settings.heartbeat_seconds):
+        try:
+            ctx.heartbeat()
+        except Exception:  # a database blip must not kill the job; the lease has slack
+            log.exception("heartbeat failed for job %s", ctx.job_id)
+
+
+def run_job(settings: Settings, job_id: str, handlers: dict[str, Callable[[JobContext], Outcome]]) -> str:
+    """Claim `job_id` and run its handler. Returns what happened (for logs and tests)."""
+    owner = worker_identity()
+    with session_scope(settings.resolved_database_url) as s:
+        job = jobs.claim(s, job_id, owner, settings.lease_seconds)
+        if job is None:
+            return "not-claimed"
+        kind, params, attempt = job.kind, dict(job.params), job.attempts
+    ctx = JobContext(settings, job_id, kind, params, owner, attempt)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat_loop, args=(ctx, stop), daemon=True, name=f"heartbeat-{job_id}")
+    beat.start()
+    url = settings.resolved_database_url
+    try:
+        handler = handlers.get(kind)
+        if handler is None:
+            raise UserError(f"this worker has no handler for job kind {kind!r}")
+        outcome = handler(ctx)
+    except JobAborted:
+        if ctx.lease_lost:
+            return "lease-lost"
+        with session_scope(url) as s:
+            jobs.finish(s, job_id, owner, "cancelled")
+        return "cancelled"
+    except UserError as exc:
+        with session_scope(url) as s:
+            jobs.finish(s, job_id, owner, "failed", error=str(exc))
+        return "failed"
+    except Exception as exc:  # the trace goes to the worker log, a one-line reason to the job
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        with session_scope(url) as s:
+            jobs.finish(s, job_id, owner, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        stop.set()
+    with session_scope(url) as s:
+        # The success and the rows it creates (datasets, models) commit together or not at all.
+        if not jobs.finish(s, job_id, owner, "succeeded", result=outcome.result, metrics=outcome.metrics, commit=False):
+            s.rollback()
+            return "lease-lost"
+        for row in outcome.rows:
+            s.merge(row)
+    return "succeeded"

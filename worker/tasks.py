@@ -1,0 +1,57 @@
+"""Celery tasks: one entry point that claims a job by id and runs its kind's handler."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from app import jobs
+from app.db import session_scope
+from app.settings import get_settings
+from worker.celery_app import TASK_NAME, celery_app, enqueue
+from worker.context import run_job
+from worker.handlers import HANDLERS
+
+log = logging.getLogger("histosynth.worker")
+
+
+@celery_app.task(name=TASK_NAME)
+def run_job_task(job_id: str) -> str:
+    outcome = run_job(get_settings(), job_id, HANDLERS)
+    log.info("job %s: %s", job_id, outcome)
+    return outcome
+
+
+_reaper_stop = threading.Event()
+
+
+def reap_once() -> jobs.ReapReport:
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as s:
+        report = jobs.reap(s, requeue_after_seconds=settings.requeue_after_seconds)
+    for job_id in report.requeued + report.resend:
+        enqueue(job_id)
+    if report.requeued or report.failed:
+        log.warning("reaper: requeued %s, failed %s", report.requeued, report.failed)
+    return report
+
+
+def _reaper_loop() -> None:
+    interval = get_settings().reaper_interval_seconds
+    while not _reaper_stop.wait(interval):
+        try:
+            reap_once()
+        except Exception:  # keep reaping after a database blip
+            log.exception("reaper pass failed")
+
+
+@worker_ready.connect
+def _start_reaper(**_kwargs) -> None:
+    threading.Thread(target=_reaper_loop, daemon=True, name="histosynth-reaper").start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_kwargs) -> None:
+    _reaper_stop.set()
