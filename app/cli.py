@@ -88,12 +88,19 @@ def serve(
     typer.echo(f"histosynth serving on http://{host}:{port} (database {_safe_url(settings.resolved_database_url)}, "
                f"broker {_safe_url(settings.resolved_broker_url)})")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="info"))
+    # uvicorn handles SIGTERM itself, then re-raises it once the server is down; this handler
+    # turns that re-raise into SystemExit so the `finally` below still stops the worker.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         server.run()  # uvicorn turns SIGINT/SIGTERM into a graceful shutdown
     finally:
         stopping.set()
         for proc in worker_proc:
             _stop(proc)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
@@ -219,3 +226,7 @@ def jobs_cancel(job_id: str) -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

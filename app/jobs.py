@@ -56,7 +56,10 @@ def create_job(
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if existing is not None:
             return _same_request(existing, digest, idempotency_key), False
-    job = Job(kind=kind, params=params, idempotency_key=idempotency_key, request_hash=digest, max_attempts=max_attempts)
+    # enqueued_at is set here, in the insert, rather than by an UPDATE after sending the
+    # message: such an UPDATE would hold the row lock just when the worker tries to claim it.
+    job = Job(kind=kind, params=params, idempotency_key=idempotency_key, request_hash=digest,
+              max_attempts=max_attempts, enqueued_at=utcnow())
     session.add(job)
     try:
         session.commit()
@@ -97,16 +100,12 @@ def list_jobs(
     return list(rows), int(count)
 
 
-def mark_enqueued(session: Session, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-    session.commit()
-
-
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Job | None:
-    """Take a queued job for `owner`; None if it is not queued (already taken, done, cancelled)."""
-    job = session.scalar(
-        select(Job).where(Job.id == job_id, Job.state == "queued").with_for_update(skip_locked=True)
-    )
+    """Take a queued job for `owner`; None if it is not queued (already taken, done, cancelled).
+
+    The row is locked FOR UPDATE (Postgres; SQLite serialises writers) so two workers woken by a
+    duplicated message cannot both take it: the second waits, then sees state 'running'."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.state == "queued").with_for_update())
     if job is None:
         session.rollback()
         return None

@@ -26,7 +26,6 @@ def submit(session: Session, settings: Settings, kind: str, params: dict[str, An
             from worker.celery_app import enqueue
 
             enqueue(job.id, settings)
-            jobs.mark_enqueued(session, job.id)
         except Exception:  # the reaper re-sends it once the broker is back
             log.exception("could not enqueue job %s; it stays queued", job.id)
     return job, created

@@ -15,7 +15,7 @@ from app.packed import INDEX_DTYPE, PackedWriter
 from app.storage import replace_dir_atomic
 from app.tables import Dataset
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
-from worker.idc_layout import PATCH, LayoutError, decode_chunk, safe_extract, scan
+from worker.idc_layout import PATCH, LayoutError, decode_chunk, find_root, safe_extract, scan
 
 CHUNK = 512  # files per task sent to a decoder process: big enough to amortise IPC
 MAX_BAD_IN_RESULT = 200
@@ -27,6 +27,16 @@ def _init_decoder() -> None:
     torch.set_num_threads(1)  # one decoder per core; intra-op threads would only contend
 
 
+def decoder_context() -> mp.context.BaseContext:
+    """Decoder processes come from a forkserver, not a plain fork: the worker process has
+    heartbeat, reaper and broker threads, and forking a threaded process can copy a held lock
+    into the child and hang it (seen here). The forkserver preloads the decoder's imports once
+    per worker process, so later ingests start their pool in milliseconds."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["worker.idc_layout", "torch", "torchvision.io"])
+    return ctx
+
+
 def ingest_folder(
     root: Path,
     out_dir: Path,
@@ -36,6 +46,7 @@ def ingest_folder(
     abort_fn: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Decode every patch under `root` into a packed dataset at `out_dir`; return (meta, bad files)."""
+    root = find_root(root)
     candidates, bad = scan(root)
     total = len(candidates)
     writer = PackedWriter(out_dir, PATCH)
@@ -43,7 +54,7 @@ def ingest_folder(
     chunks = [candidates[i : i + CHUNK] for i in range(0, total, CHUNK)]
     n_edge = 0
     done = 0
-    ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+    ctx = decoder_context()
     # imap keeps file order, so a dataset's index is the same on every run.
     with ctx.Pool(workers, initializer=_init_decoder) as pool:
         for chunk, (pixels, sizes, failures) in zip(chunks, pool.imap(decode_chunk, [[c.path for c in ch] for ch in chunks])):

@@ -1,0 +1,184 @@
+"""Shared fixtures. Integration tests use the real Postgres (127.0.0.1:5432), Redis
+(127.0.0.1:6379), a real `celery worker` process and a real uvicorn server; when one of them,
+or ../shared/data, is missing the tests FAIL with a message saying what to start (never skip)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HISTOSYNTH_TEST_DATA", ROOT.parent / "shared" / "data" / "IDC_regular_ps50_idx5"))
+PG_ADMIN_URL = os.environ.get("HISTOSYNTH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("HISTOSYNTH_TEST_REDIS", "redis://127.0.0.1:6379/7")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "10255").is_dir():
+        pytest.fail(f"shared IDC data missing at {SHARED_DATA}: the tests need ../shared/data beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh Postgres database for this test session, dropped at the end."""
+    import psycopg
+
+    name = f"histosynth_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"Postgres is not reachable at {PG_ADMIN_URL}: {exc}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    from app.db import get_engine
+
+    get_engine.cache_clear()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+        client.flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not come up in {timeout}s")
+
+
+class Service:
+    """A real API process and real Celery worker processes sharing one environment."""
+
+    def __init__(self, env: dict[str, str], home: Path) -> None:
+        self.env, self.home = env, home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def start_api(self) -> None:
+        log = open(self.home / "api.log", "ab")
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_http(self.url + "/healthz")
+
+    def start_worker(self) -> subprocess.Popen:
+        from app.cli import worker_command
+
+        log = open(self.home / f"worker{len(self.workers)}.log", "ab")
+        proc = subprocess.Popen(worker_command(loglevel="INFO"), cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def wait_job(self, job_id: str, timeout: float = 300, states=("succeeded", "failed", "cancelled")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if job["state"] in states:
+                return job
+            time.sleep(0.3)
+        raise TimeoutError(f"job {job_id} still {job['state']} after {timeout}s; logs in {self.home}")
+
+    def stop(self) -> None:
+        self.client.close()
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.api is not None:
+            self.api.terminate()
+            self.api.wait(20)
+
+
+def service_env(home: Path, database_url: str, broker_url: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")}
+    env.update({
+        "HISTOSYNTH_HOME": str(home),
+        "HISTOSYNTH_DATABASE_URL": database_url,
+        # Short leases so the crash tests see a dead worker's job requeued within seconds.
+        "HISTOSYNTH_LEASE_SECONDS": "6",
+        "HISTOSYNTH_HEARTBEAT_SECONDS": "1",
+        "HISTOSYNTH_REAPER_INTERVAL_SECONDS": "1",
+        "HISTOSYNTH_REQUEUE_AFTER_SECONDS": "20",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    })
+    if broker_url:
+        env["HISTOSYNTH_BROKER_URL"] = broker_url
+    return env
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, pg_url, redis_url) -> Iterator[Service]:
+    """The production shape: Postgres + Redis + API process + one worker process."""
+    from app.migrate import upgrade_head
+
+    upgrade_head(pg_url)
+    home = tmp_path_factory.mktemp("service")
+    svc = Service(service_env(home, pg_url, redis_url), home)
+    svc.start_api()
+    svc.start_worker()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def copy_patches(src_root: Path, dest: Path, patients: list[str], per_label: int) -> Path:
+    """A small real slice in the public layout (copied: the scanner refuses symlinks)."""
+    for patient in patients:
+        for label in ("0", "1"):
+            files = sorted((src_root / patient / label).glob("*.png"))[:per_label]
+            if not files:
+                continue
+            out = dest / patient / label
+            out.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy(f, out / f.name)
+    return dest

@@ -1,0 +1,77 @@
+"""Figures for classification results, rendered with matplotlib's Agg canvas to PNG bytes.
+
+No pyplot: each call builds its own Figure on its own canvas, so nothing global is touched
+and calls are safe from worker threads. Nothing is written to disk; the caller stores the
+bytes (e.g. as a job artifact).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["roc_curve_png", "confusion_matrix_png", "loss_curves_png"]
+
+DPI = 100
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def roc_curve_png(fpr: Sequence[float], tpr: Sequence[float], auc: float | None, title: str = "ROC curve") -> bytes:
+    """ROC curve (as the paper's Figures 5-8) with the chance diagonal and the AUC in the legend."""
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    label = "ROC" if auc is None else f"ROC (AUC = {auc:.3f})"
+    ax.plot(list(fpr), list(tpr), color="tab:blue", lw=2, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def confusion_matrix_png(matrix_percent: Sequence[Sequence[float]], title: str = "Confusion matrix",
+                         class_names: Sequence[str] = ("IDC-", "IDC+")) -> bytes:
+    """2x2 (or kxk) matrix in percent, rows true class, columns predicted (Tables 4-7)."""
+    values = [[float(v) for v in row] for row in matrix_percent]
+    k = len(values)
+    fig = Figure(figsize=(4.2, 3.8))
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(100.0 / k, max(max(r) for r in values)))
+    fig.colorbar(image, ax=ax, label="% of samples")
+    top = max(max(r) for r in values)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{values[i][j]:.1f}%", ha="center", va="center",
+                    color="white" if values[i][j] > 0.6 * top else "black", fontsize=12)
+    names = list(class_names)[:k]
+    ax.set_xticks(range(k), names)
+    ax.set_yticks(range(k), names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _png(fig)
+
+
+def loss_curves_png(history: Sequence[dict], keys: Sequence[str] = ("train_loss",), title: str = "Training curves",
+                    ) -> bytes:
+    """One line per key over epochs (history: one dict per epoch; "epoch" gives the x axis when
+    present, else 1..n). Keys missing from every epoch are skipped."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for key in keys:
+        points = [(row.get("epoch", i + 1), row[key]) for i, row in enumerate(history) if row.get(key) is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key)
+    ax.set(xlabel="epoch", title=title)
+    if ax.has_data():
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
