@@ -14,6 +14,7 @@ from app.settings import Settings, get_settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.ensure_dirs()
     app = FastAPI(
         title="histosynth",
         version="0.1.0",

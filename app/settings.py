@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         return self.resolved_broker_url.startswith("filesystem")
 
+    def ensure_dirs(self) -> None:
+        """Create the folders embedded mode writes to (idempotent)."""
+        self.resolved_storage_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_embedded:
+            (self.broker_folder / "queue").mkdir(parents=True, exist_ok=True)
+            (self.broker_folder / "processed").mkdir(parents=True, exist_ok=True)
+
 
 @lru_cache
 def get_settings() -> Settings:

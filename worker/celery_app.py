@@ -25,10 +25,9 @@ def make_celery(settings: Settings) -> Celery:
         "worker_send_task_events": False,
     }
     if settings.is_embedded:
+        settings.ensure_dirs()
         queue_dir = settings.broker_folder / "queue"
         processed = settings.broker_folder / "processed"
-        queue_dir.mkdir(parents=True, exist_ok=True)
-        processed.mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),

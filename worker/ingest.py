@@ -21,19 +21,13 @@ CHUNK = 512  # files per task sent to a decoder process: big enough to amortise 
 MAX_BAD_IN_RESULT = 200
 
 
-def _init_decoder() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one decoder per core; intra-op threads would only contend
-
-
 def decoder_context() -> mp.context.BaseContext:
     """Decoder processes come from a forkserver, not a plain fork: the worker process has
     heartbeat, reaper and broker threads, and forking a threaded process can copy a held lock
-    into the child and hang it (seen here). The forkserver preloads the decoder's imports once
-    per worker process, so later ingests start their pool in milliseconds."""
+    into the child and hang it (seen here). The forkserver preloads the decoder's imports
+    (Pillow, numpy: no torch) once per worker process."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["worker.idc_layout", "torch", "torchvision.io"])
+    ctx.set_forkserver_preload(["worker.idc_layout"])
     return ctx
 
 
@@ -56,7 +50,7 @@ def ingest_folder(
     done = 0
     ctx = decoder_context()
     # imap keeps file order, so a dataset's index is the same on every run.
-    with ctx.Pool(workers, initializer=_init_decoder) as pool:
+    with ctx.Pool(workers) as pool:
         for chunk, (pixels, sizes, failures) in zip(chunks, pool.imap(decode_chunk, [[c.path for c in ch] for ch in chunks])):
             if abort_fn is not None and abort_fn():
                 pool.terminate()

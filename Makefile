@@ -1,0 +1,35 @@
+# `make serve` and `make test` do all set-up on a fresh machine (see README).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: install serve test test-unit bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+serve: install
+	$(BIN)/histosynth serve --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not integration"
+
+bench: install
+	$(BIN)/python bench/ingest.py --json
+	$(BIN)/python bench/gan_step.py --width 0.125 --json
+	$(BIN)/python bench/gan_step.py --width 0.25 --json
+	$(BIN)/python bench/generate.py --json
+	$(BIN)/python bench/protocol.py --json
+	$(BIN)/python bench/predict.py --json
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
