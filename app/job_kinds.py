@@ -7,9 +7,9 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy.orm import Session
 
 from app.problems import Problem, _clean_errors
@@ -55,15 +55,109 @@ def check_ingest(params: IngestParams, settings: Settings, session: Session) -> 
             raise Problem(422, "Zip refused", "; ".join(problems[:5]), problems=problems[:50])
 
 
+LABEL_ALIASES = {"IDC+": 1, "IDC-": 0, "1": 1, "0": 0, 1: 1, 0: 0}
+Label = Annotated[int, BeforeValidator(lambda v: _label(v))]
+
+
+def _label(value: Any) -> int:
+    if isinstance(value, bool) or value not in LABEL_ALIASES:
+        raise ValueError(f"label must be 'IDC+', 'IDC-', 1 or 0, got {value!r}")
+    return LABEL_ALIASES[value]
+
+
+def _dataset(session: Session, dataset_id: str):  # noqa: ANN202
+    from app.tables import Dataset
+
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise Problem(422, "Unknown dataset", f"No dataset with id {dataset_id!r}.")
+    return dataset
+
+
+def _label_count(dataset, label: int) -> int:  # noqa: ANN001
+    return int(dataset.counts.get("by_label", {}).get(str(label), 0))
+
+
+class TrainGanParams(Params):
+    dataset_id: str
+    label: Label | Literal["both"] = Field(description="1/'IDC+', 0/'IDC-', or 'both' (one model per label)")
+    preset: Literal["paper", "cpu-small"] = "cpu-small"
+    steps: int = Field(2000, ge=1, le=10_000_000)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Any GanConfig field")
+    checkpoint_every: int = Field(500, ge=0)
+    sample_every: int = Field(500, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def labels(self) -> list[int]:
+        return [0, 1] if self.label == "both" else [self.label]
+
+
+def check_train_gan(params: TrainGanParams, settings: Settings, session: Session) -> None:
+    from models.msggan import config_from
+
+    dataset = _dataset(session, params.dataset_id)
+    try:
+        config = config_from(params.preset, params.overrides)
+    except (TypeError, ValueError) as exc:
+        raise Problem(422, "Invalid GAN overrides", str(exc)) from exc
+    for label in params.labels:
+        n = _label_count(dataset, label)
+        if n < config.batch_size:
+            raise Problem(422, "Dataset lacks that label",
+                          f"Dataset {dataset.id} has {n} patches of label {label}; training needs at least "
+                          f"batch_size={config.batch_size}.")
+
+
+class GenerateParams(Params):
+    label: Label
+    n: int = Field(gt=0)
+    seed: int = Field(0, ge=0)
+    model_id: str | None = None
+    size: Literal[64, 50] = 64
+    batch_size: int = Field(256, ge=1, le=4096)
+    name: str | None = Field(None, max_length=200)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def check_generate(params: GenerateParams, settings: Settings, session: Session) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from app.tables import ModelVersion
+
+    if params.n > settings.max_generate_n:
+        raise Problem(422, "Too many patches requested",
+                      f"n={params.n} is over the cap of {settings.max_generate_n} (HISTOSYNTH_MAX_GENERATE_N).")
+    if params.model_id is None:
+        model = session.scalar(select(ModelVersion).where(
+            ModelVersion.kind == "generator", ModelVersion.label == params.label, ModelVersion.promoted.is_(True)))
+        if model is None:
+            raise Problem(409, "No generator for that label",
+                          f"No promoted generator for label {params.label}: run a train_gan job on a dataset with "
+                          "that label, or pass model_id.")
+        return {"model_id": model.id}
+    model = session.get(ModelVersion, params.model_id)
+    if model is None:
+        raise Problem(422, "Unknown model", f"No model with id {params.model_id!r}.")
+    if model.kind != "generator":
+        raise Problem(422, "Model is not a generator", f"Model {model.id} is a {model.kind}; generate needs a generator.")
+    if model.label != params.label:
+        raise Problem(422, "Generator is for the other label",
+                      f"Model {model.id} draws label {model.label}, the request asks for label {params.label}.")
+    return {}
+
+
 @dataclass(frozen=True)
 class KindSpec:
     params: type[Params]
-    check: Callable[[Any, Settings, Session], None] | None = None
+    check: Callable[[Any, Settings, Session], dict[str, Any] | None] | None = None
     description: str = ""
 
 
 KINDS: dict[str, KindSpec] = {
     "ingest": KindSpec(IngestParams, check_ingest, "Public IDC layout (folder or zip) -> packed dataset"),
+    "train_gan": KindSpec(TrainGanParams, check_train_gan, "MSG-GAN per label -> generator model versions"),
+    "generate": KindSpec(GenerateParams, check_generate, "Generator -> synthetic dataset + zip of PNGs"),
 }
 
 
@@ -78,6 +172,9 @@ def validate_params(kind: str, raw: dict[str, Any], settings: Settings, session:
         errors = _clean_errors(list(exc.errors()))
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in errors[:5])
         raise Problem(422, f"Invalid parameters for a {kind} job", detail, errors=errors) from exc
-    if spec.check is not None:
-        spec.check(params, settings, session)
-    return params.model_dump(exclude_none=True)
+    extra = spec.check(params, settings, session) if spec.check is not None else None
+    # Resolved defaults (such as the promoted model) are stored so a job re-runs identically.
+    out = params.model_dump(exclude_none=True)
+    if isinstance(params, TrainGanParams):
+        out["labels"] = params.labels
+    return {**out, **(extra or {})}

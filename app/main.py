@@ -7,7 +7,7 @@ import time
 from fastapi import FastAPI, Request
 
 from app import problems
-from app.api.routes import artifacts, datasets, health, jobs, uploads
+from app.api.routes import artifacts, datasets, generations, health, jobs, models, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.settings import Settings, get_settings
 
@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     problems.install(app)
-    for module in (jobs, datasets, artifacts, uploads, health):
+    for module in (jobs, generations, datasets, models, artifacts, uploads, health):
         app.include_router(module.router)
 
     collector = JobStateCollector(settings.resolved_database_url)

@@ -13,6 +13,20 @@ def _ingest(ctx: JobContext) -> Outcome:
     return handle_ingest(ctx)
 
 
+def _train_gan(ctx: JobContext) -> Outcome:
+    from worker.train_gan import handle_train_gan
+
+    return handle_train_gan(ctx)
+
+
+def _generate(ctx: JobContext) -> Outcome:
+    from worker.generate import handle_generate
+
+    return handle_generate(ctx)
+
+
 HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
     "ingest": _ingest,
+    "train_gan": _train_gan,
+    "generate": _generate,
 }

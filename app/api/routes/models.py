@@ -1,0 +1,59 @@
+"""/v1/models: generator and classifier versions, and promotion."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import func, select, update
+
+from app.api.deps import SessionDep
+from app.api.schemas import ModelList, ModelPublic, model_public
+from app.problems import Problem
+from app.tables import ModelVersion
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("", response_model=ModelList)
+def list_models(
+    session: SessionDep,
+    kind: Annotated[str | None, Query(pattern="^(generator|classifier)$")] = None,
+    label: Annotated[int | None, Query(ge=0, le=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelList:
+    query = select(ModelVersion)
+    if kind:
+        query = query.where(ModelVersion.kind == kind)
+    if label is not None:
+        query = query.where(ModelVersion.label == label)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit).offset(offset))
+    return ModelList(data=[model_public(m) for m in rows], count=count)
+
+
+@router.get("/{model_id}", response_model=ModelPublic)
+def get_model(model_id: str, session: SessionDep) -> ModelPublic:
+    model = session.get(ModelVersion, model_id)
+    if model is None:
+        raise Problem(404, "Model not found", f"No model with id {model_id!r}.")
+    return model_public(model)
+
+
+@router.post("/{model_id}/promote", response_model=ModelPublic)
+def promote_model(model_id: str, session: SessionDep, request: Request) -> ModelPublic:
+    """Make this version the one used by default (generators: per label; classifiers: for /predictions)."""
+    model = session.get(ModelVersion, model_id)
+    if model is None:
+        raise Problem(404, "Model not found", f"No model with id {model_id!r}.")
+    same_slot = (ModelVersion.kind == model.kind) & (
+        ModelVersion.label.is_(None) if model.label is None else ModelVersion.label == model.label)
+    session.execute(update(ModelVersion).where(same_slot).values(promoted=False))
+    session.execute(update(ModelVersion).where(ModelVersion.id == model_id).values(promoted=True))
+    session.commit()
+    session.refresh(model)
+    predictor = getattr(request.app.state, "predictor", None)
+    if predictor is not None and model.kind == "classifier":
+        predictor.invalidate()
+    return model_public(model)
