@@ -147,6 +147,65 @@ def check_generate(params: GenerateParams, settings: Settings, session: Session)
     return {}
 
 
+class ClassifierParams(Params):
+    weights: str = Field("imagenet", description="'imagenet' (torchvision IMAGENET1K_V1), 'none', or a server-side .pth")
+    mode: Literal["frozen", "finetune"] = "frozen"
+    epochs: int = Field(150, ge=1, le=10_000)
+    input_size: int = Field(224, ge=32, le=1024)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Other ClassifierConfig fields (lr, batch_size, seed)")
+    max_per_class: int | None = Field(None, ge=1, description="Subsample each class (seeded) for CPU-scale runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def _check_classifier(params: ClassifierParams) -> None:
+    from models.classifier import config_from
+
+    if params.weights not in ("imagenet", "none") and not Path(params.weights).is_file():
+        raise Problem(422, "Weights file not found",
+                      f"weights={params.weights!r} is neither 'imagenet', 'none' nor an existing file on the server.")
+    try:
+        config_from({"weights": params.weights, "mode": params.mode, "epochs": params.epochs,
+                     "input_size": params.input_size, **params.overrides})
+    except (TypeError, ValueError) as exc:
+        raise Problem(422, "Invalid classifier settings", str(exc)) from exc
+
+
+class TrainClassifierParams(ClassifierParams):
+    dataset_id: str
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    split_by: Literal["patient", "patch"] = "patient"
+    split_seed: int = 0
+
+
+def check_train_classifier(params: TrainClassifierParams, settings: Settings, session: Session) -> None:
+    dataset = _dataset(session, params.dataset_id)
+    if any(_label_count(dataset, label) == 0 for label in (0, 1)):
+        raise Problem(422, "Dataset needs both labels", f"Dataset {dataset.id} has counts {dataset.counts.get('by_label')}.")
+    _check_classifier(params)
+
+
+class EvaluateParams(ClassifierParams):
+    real_dataset_id: str
+    synthetic_dataset_ids: list[str] = Field(min_length=1, description="Synthetic datasets (e.g. one per label)")
+    split_by: Literal["patient", "patch"] = "patient"
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0
+
+
+def check_evaluate(params: EvaluateParams, settings: Settings, session: Session) -> None:
+    real = _dataset(session, params.real_dataset_id)
+    synth = [_dataset(session, d) for d in params.synthetic_dataset_ids]
+    if real.kind != "real":
+        raise Problem(422, "Not a real dataset", f"Dataset {real.id} is {real.kind}; real_dataset_id needs an ingested one.")
+    if len({d.patch_size for d in synth}) > 1:
+        raise Problem(422, "Synthetic datasets differ in patch size", "Generate them all at one size (64 or 50).")
+    for label in (0, 1):
+        if _label_count(real, label) == 0 or not any(_label_count(d, label) for d in synth):
+            raise Problem(422, "Both labels are needed",
+                          f"Label {label} is missing from the real or the synthetic side; the protocol needs IDC- and IDC+.")
+    _check_classifier(params)
+
+
 @dataclass(frozen=True)
 class KindSpec:
     params: type[Params]
@@ -158,6 +217,8 @@ KINDS: dict[str, KindSpec] = {
     "ingest": KindSpec(IngestParams, check_ingest, "Public IDC layout (folder or zip) -> packed dataset"),
     "train_gan": KindSpec(TrainGanParams, check_train_gan, "MSG-GAN per label -> generator model versions"),
     "generate": KindSpec(GenerateParams, check_generate, "Generator -> synthetic dataset + zip of PNGs"),
+    "train_classifier": KindSpec(TrainClassifierParams, check_train_classifier, "ResNet18 -> classifier model version"),
+    "evaluate": KindSpec(EvaluateParams, check_evaluate, "Four-way real/synthetic protocol (paper Table 3)"),
 }
 
 

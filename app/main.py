@@ -7,7 +7,7 @@ import time
 from fastapi import FastAPI, Request
 
 from app import problems
-from app.api.routes import artifacts, datasets, generations, health, jobs, models, uploads
+from app.api.routes import artifacts, datasets, generations, health, jobs, models, predictions, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.settings import Settings, get_settings
 
@@ -21,8 +21,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Synthetic breast-histopathology patches (MSG-GAN) and ResNet18 classification.",
     )
     app.state.settings = settings
+    from app.predictor import Predictor
+
+    app.state.predictor = Predictor(settings)
     problems.install(app)
-    for module in (jobs, generations, datasets, models, artifacts, uploads, health):
+    for module in (jobs, generations, predictions, datasets, models, artifacts, uploads, health):
         app.include_router(module.router)
 
     collector = JobStateCollector(settings.resolved_database_url)

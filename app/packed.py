@@ -110,3 +110,33 @@ class LabelView:
     def __array__(self, dtype=None, copy=None):  # noqa: ANN001, ANN204
         out = self[np.arange(len(self))]
         return out if dtype is None else out.astype(dtype)
+
+
+class ConcatView:
+    """Several packed arrays of one patch size seen as one, indexed lazily (e.g. the IDC- and
+    IDC+ synthetic datasets of two generate jobs as one synthetic set)."""
+
+    def __init__(self, parts: list) -> None:  # noqa: ANN001
+        sizes = {p.shape[1:] for p in parts}
+        if len(sizes) != 1:
+            raise ValueError(f"datasets of different patch sizes cannot be combined: {sorted(sizes)}")
+        self._parts = parts
+        self._offsets = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self._offsets[-1]), *parts[0].shape[1:])
+        self.dtype, self.ndim = parts[0].dtype, parts[0].ndim
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx):  # noqa: ANN001, ANN204
+        idx = np.atleast_1d(np.arange(len(self))[idx])
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        part = np.searchsorted(self._offsets, idx, side="right") - 1
+        for k in np.unique(part):
+            sel = part == k
+            out[sel] = self._parts[k][idx[sel] - self._offsets[k]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):  # noqa: ANN001, ANN204
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)

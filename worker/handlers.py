@@ -25,8 +25,22 @@ def _generate(ctx: JobContext) -> Outcome:
     return handle_generate(ctx)
 
 
+def _train_classifier(ctx: JobContext) -> Outcome:
+    from worker.classify import handle_train_classifier
+
+    return handle_train_classifier(ctx)
+
+
+def _evaluate(ctx: JobContext) -> Outcome:
+    from worker.classify import handle_evaluate
+
+    return handle_evaluate(ctx)
+
+
 HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
     "ingest": _ingest,
     "train_gan": _train_gan,
     "generate": _generate,
+    "train_classifier": _train_classifier,
+    "evaluate": _evaluate,
 }

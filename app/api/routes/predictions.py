@@ -1,0 +1,80 @@
+"""/v1/predictions: classify uploaded patches with the promoted classifier."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.requests import Request as StarletteRequest
+
+from app.api.deps import SettingsDep
+from app.images import decode_upload
+from app.metrics import PREDICTIONS
+from app.problems import Problem
+
+router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
+
+
+class ModelRef(BaseModel):
+    id: str
+    version: int
+
+
+class Prediction(BaseModel):
+    filename: str
+    label: str
+    probability_idc: float
+
+
+class PredictionResponse(BaseModel):
+    model: ModelRef
+    predictions: list[Prediction]
+
+
+async def _capped_body(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise Problem(413, "Request body too large", f"The limit is {cap} bytes (HISTOSYNTH_MAX_PREDICTION_BYTES).")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise Problem(413, "Request body too large", f"The limit is {cap} bytes (HISTOSYNTH_MAX_PREDICTION_BYTES).")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("", response_model=PredictionResponse,
+             openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                 "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+async def predict(request: Request, settings: SettingsDep) -> PredictionResponse:
+    """multipart/form-data with one or more `files` (PNG or JPEG patches)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise Problem(415, "Send multipart/form-data", "Upload patches as multipart form fields named 'files'.")
+    body = await _capped_body(request, settings.max_prediction_bytes)
+
+    async def replay():  # noqa: ANN202 - the capped body, handed to Starlette's multipart parser
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    cap = settings.max_prediction_files
+    try:
+        form = await StarletteRequest(request.scope, replay).form(max_files=cap + 1, max_fields=cap + 1)
+    except Exception as exc:  # noqa: BLE001 - a malformed multipart body is the client's error
+        raise Problem(400, "Malformed multipart body", str(getattr(exc, "detail", exc))) from exc
+    uploads = [v for v in form.getlist("files") if isinstance(v, UploadFile)]
+    if not uploads:
+        raise Problem(422, "No files", "Send one or more images as multipart fields named 'files'.")
+    if len(uploads) > cap:
+        raise Problem(413, "Too many files", f"{len(uploads)} files; the limit is {cap} (HISTOSYNTH_MAX_PREDICTION_FILES).")
+    images, names = [], []
+    for up in uploads:
+        name = up.filename or "upload"
+        images.append(decode_upload(await up.read(), name, settings.max_image_pixels))
+        names.append(name)
+    loaded, probs = await request.app.state.predictor.predict(images)
+    PREDICTIONS.inc(len(images))
+    return PredictionResponse(
+        model=ModelRef(id=loaded.id, version=loaded.version),
+        predictions=[Prediction(filename=n, label="IDC+" if p >= 0.5 else "IDC-", probability_idc=round(float(p), 6))
+                     for n, p in zip(names, probs)],
+    )

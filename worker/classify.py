@@ -1,0 +1,141 @@
+"""The train_classifier and evaluate jobs (ResNet18; the paper's four-way protocol)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from app.db import session_scope
+from app.packed import ConcatView, LabelView, open_patches, read_index
+from app.tables import Dataset, ModelVersion
+from models.classification_metrics import classification_metrics
+from models.classifier import (ClassifierConfig, TrainingAborted, WeightsUnavailableError, classifier_state,
+                               config_from, predict_proba, train_classifier)
+from models.protocol import report_markdown, run_four_way, split_indices
+from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
+from worker.figures import confusion_matrix_png, loss_curves_png, roc_curve_png
+from worker.models_store import next_version, pick_device, save_state
+
+
+def _load(ctx: JobContext, dataset_ids: list[str]) -> tuple[object, np.ndarray, np.ndarray]:
+    """(images view, labels, patients) of one or more datasets of one patch size."""
+    parts, labels, patients = [], [], []
+    with session_scope(ctx.db_url) as s:
+        folders = []
+        for dataset_id in dataset_ids:
+            dataset = s.get(Dataset, dataset_id)
+            if dataset is None:
+                raise UserError(f"dataset {dataset_id} no longer exists")
+            folders.append(Path(dataset.path))
+    for folder in folders:
+        parts.append(open_patches(folder))
+        index = read_index(folder)
+        labels.append(index["label"].astype(np.int64))
+        patients.append(index["patient"])
+    try:
+        images = parts[0] if len(parts) == 1 else ConcatView(parts)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return images, np.concatenate(labels), np.concatenate(patients)
+
+
+def _cap_per_class(labels: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """At most `cap` patches per class, drawn with a recorded seed (CPU-scale runs)."""
+    rows = np.arange(len(labels))
+    if not cap:
+        return rows
+    rng = np.random.default_rng(seed)
+    keep = [np.sort(rng.permutation(rows[labels == c])[:cap]) for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
+def _config(p: dict) -> ClassifierConfig:
+    try:
+        return config_from({k: p[k] for k in ("weights", "mode", "epochs", "input_size") if k in p} | p.get("overrides", {}))
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _progress(ctx: JobContext, what: str):  # noqa: ANN202
+    def report(current: int, total: int, info: dict) -> None:
+        row = f" {info['row']}" if "row" in info else ""
+        ctx.progress(current, total, f"{what}{row} {info.get('stage', '')}".strip())
+    return report
+
+
+def handle_train_classifier(ctx: JobContext) -> Outcome:
+    p = ctx.params
+    config = _config(p)
+    device = pick_device(p.get("device", "auto"))
+    images, labels, patients = _load(ctx, [p["dataset_id"]])
+    rows = _cap_per_class(labels, p.get("max_per_class"), p.get("split_seed", 0))
+    train_idx, val_idx = split_indices(patients[rows], labels[rows], p.get("val_fraction", 0.2),
+                                       p.get("split_by", "patient"), p.get("split_seed", 0))
+    train_rows, val_rows = rows[train_idx], rows[val_idx]
+    try:
+        model, history = train_classifier(config, LabelView(images, train_rows), labels[train_rows],
+                                          progress_fn=_progress(ctx, "training"), abort_fn=ctx.should_abort,
+                                          device=device)
+    except TrainingAborted as exc:
+        raise JobAborted("cancelled") from exc
+    except (WeightsUnavailableError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    probs = predict_proba(model, LabelView(images, val_rows), config.input_size, config.eval_batch_size, device)
+    val = classification_metrics(labels[val_rows], probs=probs)
+    model_id = stable_id(ctx.job_id, "classifier")
+    path = ctx.storage.model_dir() / f"{model_id}.pt"
+    save_state(path, classifier_state(model, config))
+    ctx.add_artifact("training_curves.png", "image/png",
+                     loss_curves_png(history, keys=("train_loss", "train_acc"), title="ResNet18 training"))
+    if val["roc"] is not None:  # None when the validation split holds one class only
+        ctx.add_artifact("val_roc.png", "image/png",
+                         roc_curve_png(val["roc"]["fpr"], val["roc"]["tpr"], val["auc"], "Validation ROC"))
+    summary = {k: val[k] for k in ("accuracy", "precision", "recall", "f1", "auc") if k in val}
+    metrics = {"val": summary, "n_train": int(len(train_rows)), "n_val": int(len(val_rows)),
+               "split_by": p.get("split_by", "patient"), "final_train_loss": history[-1]["train_loss"] if history else None}
+    with session_scope(ctx.db_url) as s:
+        version = next_version(s, "classifier", None)
+    row = ModelVersion(id=model_id, kind="classifier", label=None, version=version, job_id=ctx.job_id, path=str(path),
+                       config={**config.to_dict(), "dataset_id": p["dataset_id"]}, metrics=metrics, promoted=False)
+    return Outcome(result={"model_id": model_id, "version": version, "val": summary}, metrics=metrics, rows=[row])
+
+
+def handle_evaluate(ctx: JobContext) -> Outcome:
+    p = ctx.params
+    config = _config(p)
+    device = pick_device(p.get("device", "auto"))
+    seed = int(p.get("seed", 0))
+    real, real_labels, real_patients = _load(ctx, [p["real_dataset_id"]])
+    synth, synth_labels, _ = _load(ctx, p["synthetic_dataset_ids"])
+    if len(np.unique(synth_labels)) < 2:
+        raise UserError("the synthetic datasets hold one label only; the protocol needs IDC- and IDC+")
+    r_rows = _cap_per_class(real_labels, p.get("max_per_class"), seed)
+    s_rows = _cap_per_class(synth_labels, p.get("max_per_class"), seed)
+    try:
+        result = run_four_way(LabelView(real, r_rows), real_labels[r_rows], real_patients[r_rows],
+                              LabelView(synth, s_rows), synth_labels[s_rows], config,
+                              split_by=p.get("split_by", "patient"), seed=seed,
+                              test_fraction=p.get("test_fraction", 0.3), progress_fn=_progress(ctx, "protocol"),
+                              abort_fn=ctx.should_abort, device=device)
+    except TrainingAborted as exc:
+        raise JobAborted("cancelled") from exc
+    except (WeightsUnavailableError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    result["datasets"] = {"real": p["real_dataset_id"], "synthetic": p["synthetic_dataset_ids"]}
+    result["max_per_class"] = p.get("max_per_class")
+    artifacts = {}
+    for name, row in result["rows"].items():
+        m = row["metrics"]
+        if m["roc"] is not None:
+            artifacts[f"roc_{name}"] = ctx.add_artifact(
+                f"roc_{name}.png", "image/png", roc_curve_png(m["roc"]["fpr"], m["roc"]["tpr"], m["auc"], f"ROC, {row['title']}"))
+        artifacts[f"confusion_{name}"] = ctx.add_artifact(
+            f"confusion_{name}.png", "image/png", confusion_matrix_png(m["confusion_matrix_percent"], f"{name} (% of test set)"))
+    artifacts["report_json"] = ctx.add_artifact("report.json", "application/json", json.dumps(result, indent=1).encode())
+    artifacts["report_md"] = ctx.add_artifact("report.md", "text/markdown", report_markdown(result).encode())
+    table = {name: {k: row["metrics"].get(k) for k in ("accuracy", "precision", "recall", "f1", "auc")}
+             for name, row in result["rows"].items()}
+    return Outcome(result={"table": table, "artifacts": artifacts, "split_by": result["split_by"], "seed": seed},
+                   metrics=table)
