@@ -146,6 +146,9 @@ def service_env(home: Path, database_url: str, broker_url: str | None, **extra: 
         "HISTOSYNTH_HEARTBEAT_SECONDS": "1",
         "HISTOSYNTH_REAPER_INTERVAL_SECONDS": "1",
         "HISTOSYNTH_REQUEUE_AFTER_SECONDS": "20",
+        # Small caps so the tests of the caps stay cheap.
+        "HISTOSYNTH_MAX_PREDICTION_FILES": "8",
+        "HISTOSYNTH_MAX_PREDICTION_BYTES": "2000000",
         "PYTHONPATH": str(ROOT),
         **extra,
     })

@@ -1,0 +1,187 @@
+"""GanTrainer: EMA, callbacks, bit-for-bit resume through weights_only checkpoints; sampling."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from models.gan_trainer import GanTrainer, real_pyramid
+from models.msggan import config_from
+from models.sampling import build_generator_from_state, iter_samples
+
+TINY = {"width": 1 / 64, "latent_dim": 16, "batch_size": 4, "fixed_samples": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets gain nothing from 2 threads, and on a shared 2-core box OpenMP's spin-waits
+    made the same test take 0.2 s or 7 s; one thread keeps it at the former."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def patches() -> np.ndarray:
+    # 10 patches of 50x50 with batch 4: an epoch is 2 batches, so 6 steps cross epochs
+    return np.random.default_rng(0).integers(0, 256, (10, 50, 50, 3), dtype=np.uint8)
+
+
+def tiny_trainer(patches, **overrides) -> GanTrainer:
+    return GanTrainer(config_from("paper", {**TINY, **overrides}), patches)
+
+
+def assert_same_state(a: dict, b: dict, path: str = "") -> None:
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}/{i}")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+def test_real_pyramid_resizes_bilinear_and_pools():
+    batch = np.full((2, 50, 50, 3), 255, np.uint8)
+    batch[1] = 0
+    pyramid = real_pyramid(batch, 64, 5)
+    assert [tuple(x.shape) for x in pyramid] == [(2, 3, s, s) for s in (4, 8, 16, 32, 64)]
+    for x in pyramid:
+        torch.testing.assert_close(x[0], torch.ones_like(x[0]))
+        torch.testing.assert_close(x[1], -torch.ones_like(x[1]))
+    same = real_pyramid(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(1, 64, 64, 3), 64, 5)
+    assert torch.equal(same[-1][0, 0, 0, :3], torch.tensor([0.0, 3.0, 6.0]) / 127.5 - 1)
+    torch.testing.assert_close(same[-2], torch.nn.functional.avg_pool2d(same[-1], 2))
+
+
+def test_ema_update_formula(patches):
+    trainer = tiny_trainer(patches, ema_beta=0.9)
+    with torch.no_grad():
+        for p, q in zip(trainer.G.parameters(), trainer.G_ema.parameters()):
+            p.copy_(torch.randn_like(p))
+            q.copy_(torch.randn_like(q))
+    before = [q.clone() for q in trainer.G_ema.parameters()]
+    trainer._update_ema()
+    for p, q, q0 in zip(trainer.G.parameters(), trainer.G_ema.parameters(), before):
+        torch.testing.assert_close(q, 0.9 * q0 + 0.1 * p)
+    # and a real step moves the EMA a tenth of the way towards the new weights
+    trainer.train_step()
+    assert not all(torch.equal(p, q) for p, q in zip(trainer.G.parameters(), trainer.G_ema.parameters()))
+
+
+def test_resume_is_bit_for_bit(patches):
+    steps = 3
+    straight = tiny_trainer(patches)
+    straight.train(2 * steps)
+
+    first = tiny_trainer(patches)
+    first.train(steps)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = tiny_trainer(patches)
+    resumed.load_state_dict(state)
+    assert resumed.step == steps
+    resumed.train(2 * steps)  # the target is a total
+
+    assert resumed.step == straight.step == 2 * steps
+    assert resumed.epoch == straight.epoch >= 2
+    for name in ("G", "D", "G_ema"):
+        for (k, a), b in zip(getattr(straight, name).state_dict().items(),
+                             getattr(resumed, name).state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{k}"
+    assert_same_state(straight.state_dict(), resumed.state_dict())
+    assert resumed.history == straight.history and len(resumed.history) == 2 * steps
+
+
+def test_state_dict_rejects_another_config(patches):
+    state = tiny_trainer(patches).state_dict()
+    other = tiny_trainer(patches, lr=5e-4)
+    with pytest.raises(ValueError):
+        other.load_state_dict(state)
+
+
+def test_train_callbacks_and_abort(patches):
+    trainer = tiny_trainer(patches)
+    progress, checkpoints, samples = [], [], []
+    done = trainer.train(4, progress_fn=lambda s, t, stats: progress.append((s, t, sorted(stats))),
+                         checkpoint_fn=lambda tr: checkpoints.append(tr.step), checkpoint_every=2,
+                         sample_fn=lambda s, imgs: samples.append((s, [tuple(x.shape) for x in imgs])),
+                         sample_every=3)
+    assert done and trainer.step == 4
+    assert [p[:2] for p in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert progress[0][2] == ["d_loss", "g_loss", "gp", "wasserstein"]
+    assert checkpoints == [2, 4]
+    assert samples == [(3, [(4, 3, s, s) for s in (4, 8, 16, 32, 64)])]
+    assert all(np.isfinite(list(h.values())).all() for h in trainer.history)
+    assert trainer.history[0]["gp"] > 0
+    calls = []
+    aborted = trainer.train(10, abort_fn=lambda: calls.append(1) or len(calls) > 2)
+    assert not aborted and trainer.step == 6
+
+
+@pytest.mark.parametrize("overrides", [{"n_critic": 2}, {"loss": "rahinge", "gp_lambda": 0.0},
+                                       {"optimizer": "adam", "drift": 0.0}])
+def test_options_train(patches, overrides):
+    trainer = tiny_trainer(patches, **overrides)
+    g0 = [p.clone() for p in trainer.G.parameters()]
+    trainer.train(2)
+    assert all(np.isfinite(list(h.values())).all() for h in trainer.history)
+    assert any(not torch.equal(a, b) for a, b in zip(g0, trainer.G.parameters()))
+
+
+def test_trainer_reads_a_memmap_and_validates_input(tmp_path, patches):
+    mm = np.memmap(tmp_path / "p.u8", dtype=np.uint8, mode="w+", shape=patches.shape)
+    mm[:] = patches
+    mm.flush()
+    ro = np.memmap(tmp_path / "p.u8", dtype=np.uint8, mode="r", shape=patches.shape)
+    trainer = tiny_trainer(ro)
+    trainer.train(1)
+    assert trainer.step == 1
+    with pytest.raises(ValueError):
+        tiny_trainer(patches[:3])  # fewer than one batch
+    with pytest.raises(ValueError):
+        tiny_trainer(patches.astype(np.float32))
+
+
+def test_sampling_is_seeded_and_rebuilds_from_a_checkpoint(patches):
+    trainer = tiny_trainer(patches)
+    trainer.train(1)
+    state = torch.load(io.BytesIO(_saved(trainer.state_dict())), weights_only=True)
+    G = build_generator_from_state(state["config"], state["G_ema"])
+    with torch.no_grad():
+        torch.testing.assert_close(G(trainer.fixed_z)[-1], trainer.G_ema(trainer.fixed_z)[-1])
+
+    a = list(iter_samples(G, 10, seed=7, batch_size=4))
+    b = list(iter_samples(G, 10, seed=7, batch_size=4))
+    assert [x.shape for x in a] == [(4, 64, 64, 3), (4, 64, 64, 3), (2, 64, 64, 3)]
+    assert all(x.dtype == np.uint8 for x in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    c = np.concatenate(list(iter_samples(G, 10, seed=8, batch_size=4)))
+    assert not np.array_equal(np.concatenate(a), c)
+    # the latents of sample i do not depend on the batch size or on n
+    whole = np.concatenate(list(iter_samples(G, 10, seed=7, batch_size=10)))
+    assert np.abs(whole.astype(int) - np.concatenate(a).astype(int)).max() <= 1
+    first = next(iter_samples(G, 3, seed=7, batch_size=256))
+    assert np.abs(first.astype(int) - whole[:3].astype(int)).max() <= 1
+
+    small = np.concatenate(list(iter_samples(G, 5, seed=7, batch_size=2, size=50)))
+    assert small.shape == (5, 50, 50, 3) and small.dtype == np.uint8
+    assert list(iter_samples(G, 0, seed=7)) == []
+    with pytest.raises(ValueError):
+        build_generator_from_state({**state["config"], "nope": 1}, state["G_ema"])
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

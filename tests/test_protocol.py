@@ -1,0 +1,86 @@
+"""The four-way protocol: splits, the result's shape, and the Markdown report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.classifier import config_from
+from models.protocol import PAPER_TABLE3, ROWS, report_markdown, run_four_way, split_indices
+
+
+def patient_data(seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(5, 40, size=25)
+    patients = np.repeat([f"p{i:02d}" for i in range(25)], sizes)
+    labels = (rng.random(len(patients)) < 0.3).astype(int)
+    return patients, labels
+
+
+def test_patient_split_puts_no_patient_on_both_sides():
+    patients, labels = patient_data()
+    train, test = split_indices(patients, labels, test_fraction=0.3, by="patient", seed=4)
+    assert not set(patients[train]) & set(patients[test])
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(labels)))
+    assert 0.2 < len(test) / len(labels) < 0.4
+    for label in (0, 1):  # the label mix is roughly kept on the test side
+        share = (labels[test] == label).sum() / (labels == label).sum()
+        assert 0.15 < share < 0.45
+    again = split_indices(patients, labels, 0.3, "patient", seed=4)
+    assert np.array_equal(again[1], test)
+    with pytest.raises(ValueError):
+        split_indices(np.zeros(10), labels[:10], by="patient")  # one patient only
+
+
+def test_patch_split_is_stratified_and_seeded():
+    labels = np.array([0] * 40 + [1] * 20)
+    train, test = split_indices(None, labels, 0.3, "patch", seed=1)
+    assert (labels[test] == 0).sum() == 12 and (labels[test] == 1).sum() == 6
+    assert not set(train) & set(test)
+    assert not np.array_equal(split_indices(None, labels, 0.3, "patch", seed=2)[1], test)
+    with pytest.raises(ValueError):
+        split_indices(None, labels, by="patient")
+
+
+def tiny_sets():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (24, 50, 50, 3), dtype=np.uint8)  # real patches are 50 px
+    real_labels = np.arange(24) % 2
+    real_patients = np.repeat(["a", "b", "c", "d", "e", "f"], 4)
+    synth = rng.integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)  # synthetic ones 64 px
+    synth_labels = np.arange(20) % 2
+    return real, real_labels, real_patients, synth, synth_labels
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_four_way_end_to_end_tiny(fast_path):
+    real, real_labels, real_patients, synth, synth_labels = tiny_sets()
+    cfg = config_from({"weights": "none", "input_size": 32, "epochs": 1, "batch_size": 8, "fast_path": fast_path})
+    progress, models = [], []
+    result = run_four_way(real, real_labels, real_patients, synth, synth_labels, cfg, split_by="patient", seed=3,
+                          progress_fn=lambda c, t, info: progress.append((c, t)),
+                          model_fn=lambda row, model: models.append(row))
+    assert list(result["rows"]) == list(ROWS) and models == list(ROWS)
+    rows = result["rows"]
+    assert rows["TRTR"]["n_train"] + rows["TRTR"]["n_test"] == 24
+    assert rows["TSTS"]["n_train"] + rows["TSTS"]["n_test"] == 20 and rows["TSTS"]["n_test"] == 6
+    assert (rows["TRTS"]["n_train"], rows["TRTS"]["n_test"]) == (24, 20)
+    assert (rows["TSTR"]["n_train"], rows["TSTR"]["n_test"]) == (20, 24)
+    trtr = rows["TRTR"]["split"]
+    assert trtr["by"] == "patient" and not set(trtr["train"]["patients"]) & set(trtr["test"]["patients"])
+    for row in ROWS:
+        m = rows[row]["metrics"]
+        assert {"accuracy", "precision", "recall", "f1", "auc", "confusion_matrix_percent", "roc"} <= set(m)
+        assert sum(map(sum, m["confusion_matrix_percent"])) == pytest.approx(100)
+        assert len(rows[row]["history"]) == 1
+    assert result["fast_path"] is fast_path and result["split_seed"] == 3 and result["config"]["epochs"] == 1
+    assert progress[-1][0] == progress[-1][1]
+    json.dumps(result, allow_nan=False)
+
+    report = report_markdown(result)
+    for row in ROWS:
+        assert f"| {row} |" in report and f"**{row}**" in report
+    assert "(0.84)" in report and "(0.76)" in report and "%" in report
+    assert PAPER_TABLE3["TSTS"]["accuracy"] == 0.99
