@@ -12,8 +12,9 @@ same process on the same synthetic uint8 patches (or --data, a uint8 .npy of (N,
 alternating step by step so machine noise hits both alike; warm-up steps, then the median.
 --check first verifies that both compute the same losses from the same weights and inputs.
 The last line printed is one JSON object. On a shared machine, --threads 1 gives steadier
-numbers (2 OpenMP threads on 2 busy cores spin-wait); glibc malloc settings change both sides'
-absolute times a lot (see the JSON's env), not which one is faster.
+numbers (2 OpenMP threads on 2 busy cores spin-wait). glibc malloc settings can change the
+absolute times (big activations are mmap'd and page-faulted afresh every step); the JSON
+records that environment.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The loop owns no I/O: the caller passes callbacks for progress, abort, checkpoin
 grids (as NVlabs' training loops do) and writes whatever it wants from them.
 
 One step = `n_critic` discriminator updates then one generator update. The generator update
-reuses the fakes (and their graph) of the last critic update instead of running G again on new
-latents; that is the same estimator of the G loss gradient and saves one G forward per step.
+uses the latents of the last critic update (as e.g. PyTorch's DCGAN example does) and so can
+reuse those fakes and their graph instead of running G again: one G forward less per step.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def real_pyramid(batch_u8: np.ndarray | torch.Tensor, resolution: int, depth: in
 
 
 class GanTrainer:
-    """Trains one MSG-GAN on `images`, uint8 (N, H, W, 3) (a np.memmap is fine: batches are
-    indexed from it, never the whole array)."""
+    """Trains one MSG-GAN on `images`, uint8 (N, H, W, 3): an ndarray, a np.memmap or any lazy
+    view with shape/dtype/ndim, len() and integer-array indexing. Batches are indexed from it;
+    the whole array is never loaded."""
 
     def __init__(self, config: GanConfig | dict, images: np.ndarray, device: str | torch.device = "cpu") -> None:
         if isinstance(config, dict):
