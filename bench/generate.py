@@ -3,7 +3,7 @@
     python bench/generate.py [--preset cpu-small] [--n 2000] [--batch 256] [--json]
 
 Project: worker.generate.generate_to (seeded latents -> EMA generator -> uint8 -> packed
-dataset on disk + PNG zip encoded on a background thread). Baseline, same run, same batch:
+dataset streamed to disk; the PNG zip is encoded when downloaded, see app/zipstream.py). Baseline, same run, same batch:
 the raw generator forward alone (no conversion, no disk). Target: project >= 80% of raw.
 peak_rss_mb: a fresh process generating n = 1,000 and n = 20,000 (streams to disk, so it
 must not grow with n). Weights are a freshly initialised generator of the preset: the
@@ -49,8 +49,7 @@ def project(generator, n: int, batch: int, folder: Path) -> float:  # noqa: ANN0
     from worker.generate import generate_to
 
     start = time.perf_counter()
-    generate_to(folder / "ds", generator, 1, n, seed=0, size=64, batch_size=batch, device="cpu",
-                zip_path=folder / "p.zip")
+    generate_to(folder / "ds", generator, 1, n, seed=0, size=64, batch_size=batch, device="cpu")
     return time.perf_counter() - start
 
 
