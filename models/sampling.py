@@ -32,7 +32,8 @@ def to_uint8(images: torch.Tensor, size: int) -> np.ndarray:
     x = images.float()
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    # In place: each out-of-place step would allocate (and page-fault) another full batch.
+    x = x.clamp_(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
