@@ -111,17 +111,21 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Jo
         return None
     now = utcnow()
     if job.attempts >= job.max_attempts:
-        job.state, job.finished_at = "failed", now
-        job.error = f"gave up after {job.attempts} attempts (worker lost each time)"
+        session.execute(update(Job).where(Job.id == job_id, Job.state == "queued").values(
+            state="failed", finished_at=now, error=f"gave up after {job.attempts} attempts (worker lost each time)"))
         session.commit()
         return None
-    job.state = "running"
-    job.attempts += 1
-    job.lease_owner = owner
-    job.lease_expires_at = now + timedelta(seconds=lease_seconds)
-    job.heartbeat_at = now
-    job.started_at = job.started_at or now
+    # The UPDATE re-checks the state: SQLite has no FOR UPDATE, so two claimers may both have
+    # read 'queued'; only one of them changes a row.
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.state == "queued").values(
+            state="running", attempts=Job.attempts + 1, lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now)))
     session.commit()
+    if res.rowcount != 1:
+        return None
+    session.refresh(job)
     return job
 
 
@@ -172,6 +176,16 @@ def finish(
     res = session.execute(_owned(job_id, owner).values(**values))
     if commit:
         session.commit()
+    return res.rowcount == 1
+
+
+def release(session: Session, job_id: str, owner: str) -> bool:
+    """A worker that is shutting down hands its running job back: queued again, lease cleared,
+    the attempt not counted (a graceful stop is not a failure). Its checkpoints let the next
+    worker resume."""
+    res = session.execute(_owned(job_id, owner).values(
+        state="queued", lease_owner=None, lease_expires_at=None, attempts=Job.attempts - 1, enqueued_at=None))
+    session.commit()
     return res.rowcount == 1
 
 

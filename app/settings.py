@@ -75,6 +75,7 @@ class Settings(BaseSettings):
         if self.is_embedded:
             (self.broker_folder / "queue").mkdir(parents=True, exist_ok=True)
             (self.broker_folder / "processed").mkdir(parents=True, exist_ok=True)
+            (self.broker_folder / "control").mkdir(parents=True, exist_ok=True)
 
 
 @lru_cache

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,9 +32,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh Postgres database for this test session, dropped at the end."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, empty Postgres database, dropped afterwards."""
     import psycopg
 
     name = f"histosynth_test_{uuid.uuid4().hex[:10]}"
@@ -42,12 +43,21 @@ def pg_url() -> Iterator[str]:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         pytest.fail(f"Postgres is not reachable at {PG_ADMIN_URL}: {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    from app.db import get_engine
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        yield url
+    finally:
+        from app.db import get_engine
 
-    get_engine.cache_clear()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        get_engine(url).dispose()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -158,19 +168,21 @@ def service_env(home: Path, database_url: str, broker_url: str | None, **extra: 
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, pg_url, redis_url) -> Iterator[Service]:
-    """The production shape: Postgres + Redis + API process + one worker process."""
+def service(tmp_path_factory, redis_url) -> Iterator[Service]:
+    """The production shape: Postgres + Redis + API process + one worker process, with a
+    database of its own per test module (so promotions in one module do not leak into another)."""
     from app.migrate import upgrade_head
 
-    upgrade_head(pg_url)
-    home = tmp_path_factory.mktemp("service")
-    svc = Service(service_env(home, pg_url, redis_url), home)
-    svc.start_api()
-    svc.start_worker()
-    try:
-        yield svc
-    finally:
-        svc.stop()
+    with fresh_database() as url:
+        upgrade_head(url)
+        home = tmp_path_factory.mktemp("service")
+        svc = Service(service_env(home, url, redis_url), home)
+        svc.start_api()
+        svc.start_worker()
+        try:
+            yield svc
+        finally:
+            svc.stop()
 
 
 def copy_patches(src_root: Path, dest: Path, patients: list[str], per_label: int) -> Path:

@@ -137,3 +137,27 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(service, real_slice):
     history = next(a for a in job["artifacts"] if a["name"] == "loss_history_label0.json")
     steps = service.client.get(history["url"]).json()
     assert len(steps) == 100  # restored history + continued steps: nothing lost, nothing doubled
+
+
+def test_sigterm_hands_the_running_job_back(service, real_slice):
+    """A worker asked to stop (SIGTERM: a deploy, a scale-down) does not sit on its job until
+    it finishes: the job goes back to the queue uncounted and the next worker resumes it."""
+    import os
+    import signal
+
+    body = {"kind": "train_gan", "params": {"dataset_id": real_slice, "label": 1, "steps": 60,
+                                            "checkpoint_every": 5, "sample_every": 0, "overrides": TINY}}
+    job_id = service.client.post("/v1/jobs", json=body).json()["id"]
+    deadline = time.monotonic() + 120
+    while not (job := service.client.get(f"/v1/jobs/{job_id}").json())["checkpoints"]:
+        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.1)
+    (worker,) = [w for w in service.workers if w.poll() is None]
+    os.killpg(worker.pid, signal.SIGTERM)
+    worker.wait(60)  # a warm shutdown that returns promptly, not after 60 training steps
+    handed_back = service.client.get(f"/v1/jobs/{job_id}").json()
+    assert handed_back["state"] == "queued" and handed_back["attempts"] == 0, handed_back
+    service.start_worker()
+    job = service.wait_job(job_id, timeout=300)
+    assert job["state"] == "succeeded" and job["attempts"] == 1
+    assert job["metrics"]["label1"]["step"] == 60 and job["metrics"]["label1"]["resumed_from_step"] >= 5

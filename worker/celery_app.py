@@ -33,6 +33,8 @@ def make_celery(settings: Settings) -> Celery:
             "data_folder_out": str(queue_dir),
             "processed_folder": str(processed),
             "store_processed": False,
+            # Otherwise kombu writes its control exchange files into the current directory.
+            "control_folder": str(settings.broker_folder / "control"),
         }
     else:
         # Redis: redeliver an unacknowledged message after the lease time, not Celery's 1 h default.

@@ -31,6 +31,11 @@ def stable_id(*parts: str) -> str:
     return uuid.uuid5(ID_NAMESPACE, "/".join(parts)).hex
 
 
+# Set when the worker process is asked to stop (SIGTERM): running jobs stop at their next
+# check and are handed back to the queue instead of holding the shutdown until they finish.
+SHUTTING_DOWN = threading.Event()
+
+
 class JobAborted(Exception):
     """Raised inside a handler when the job was cancelled or its lease was lost."""
 
@@ -65,7 +70,7 @@ class JobContext:
 
     # -- callbacks handed to the ML core ---------------------------------------------------
     def should_abort(self) -> bool:
-        return self.cancel_requested or self.lease_lost
+        return self.cancel_requested or self.lease_lost or SHUTTING_DOWN.is_set()
 
     def check_abort(self) -> None:
         if self.should_abort():
@@ -140,6 +145,10 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Callable[[JobCo
     except JobAborted:
         if ctx.lease_lost:
             return "lease-lost"
+        if SHUTTING_DOWN.is_set() and not ctx.cancel_requested:
+            with session_scope(url) as s:
+                jobs.release(s, job_id, owner)
+            return "released"
         with session_scope(url) as s:
             jobs.finish(s, job_id, owner, "cancelled")
         return "cancelled"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app import jobs
 from app.db import session_scope
 from app.settings import get_settings
 from worker.celery_app import TASK_NAME, celery_app, enqueue
-from worker.context import run_job
+from worker.context import SHUTTING_DOWN, run_job
 from worker.handlers import HANDLERS
 
 log = logging.getLogger("histosynth.worker")
@@ -50,6 +50,11 @@ def _reaper_loop() -> None:
 @worker_ready.connect
 def _start_reaper(**_kwargs) -> None:
     threading.Thread(target=_reaper_loop, daemon=True, name="histosynth-reaper").start()
+
+
+@worker_shutting_down.connect
+def _hand_back_running_jobs(**_kwargs) -> None:
+    SHUTTING_DOWN.set()
 
 
 @worker_shutdown.connect
