@@ -50,21 +50,29 @@ class PackedWriter:
     def close(self, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
         self._fh.close()
         index = np.concatenate(self._records) if self._records else np.zeros(0, INDEX_DTYPE)
-        np.save(self.folder / INDEX_FILE, index)
-        meta = {"format": 1, "n": int(self.n), "size": self.size, **summarize(index), **(extra_meta or {})}
-        (self.folder / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        return meta
+        return write_index(self.folder, self.size, index, extra_meta)
+
+
+def write_index(folder: Path, size: int, index: np.ndarray, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write index.npy and meta.json beside a complete patches.u8 of len(index) patches."""
+    folder = Path(folder)
+    np.save(folder / INDEX_FILE, index)
+    meta = {"format": 1, "n": int(len(index)), "size": size, **summarize(index), **(extra_meta or {})}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return meta
 
 
 def summarize(index: np.ndarray) -> dict[str, Any]:
-    labels, label_counts = np.unique(index["label"], return_counts=True)
-    patients, patient_counts = np.unique(index["patient"], return_counts=True)
-    by_patient: dict[str, dict[str, int]] = {}
-    for patient in patients:
-        rows = index["label"][index["patient"] == patient]
-        by_patient[str(patient)] = {str(int(lab)): int((rows == lab).sum()) for lab in np.unique(rows)}
+    """Counts per label and per patient (one pass of np.unique + bincount: a per-patient
+    string comparison was ~0.3 s of a 19k-patch ingest)."""
+    labels, label_inv = np.unique(index["label"], return_inverse=True)
+    patients, patient_inv = np.unique(index["patient"], return_inverse=True)
+    grid = np.bincount(patient_inv * len(labels) + label_inv, minlength=len(patients) * len(labels))
+    grid = grid.reshape(len(patients), len(labels))
+    by_patient = {str(p): {str(int(lab)): int(c) for lab, c in zip(labels, row) if c}
+                  for p, row in zip(patients, grid)}
     return {
-        "by_label": {str(int(lab)): int(c) for lab, c in zip(labels, label_counts)},
+        "by_label": {str(int(lab)): int(c) for lab, c in zip(labels, grid.sum(axis=0))},
         "by_patient": by_patient,
         "n_patients": int(len(patients)),
     }
