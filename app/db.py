@@ -46,3 +46,12 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def page(session: Session, query, model, limit: int, offset: int) -> tuple[list, int]:  # noqa: ANN001
+    """A page of `query` newest first (id breaks ties, so pages never overlap or skip) and the total."""
+    from sqlalchemy import func, select
+
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(model.created_at.desc(), model.id.desc()).limit(limit).offset(offset)).all()
+    return list(rows), int(count)

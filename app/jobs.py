@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db import page
 from app.tables import FINAL_STATES, Job, utcnow
 
 
@@ -94,10 +95,7 @@ def list_jobs(
         query = query.where(Job.kind == kind)
     if state:
         query = query.where(Job.state == state)
-    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    # Newest first; id breaks ties so pages never overlap or skip.
-    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).all()
-    return list(rows), int(count)
+    return page(session, query, Job, limit, offset)
 
 
 def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Job | None:

@@ -32,6 +32,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny nets gain nothing from 2 threads, and on a shared 2-core box OpenMP's spin-waits
+    made the same test take 0.2 s or 7 s; one thread keeps it at the former."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @contextmanager
 def fresh_database() -> Iterator[str]:
     """A new, empty Postgres database, dropped afterwards."""

@@ -11,13 +11,8 @@ from models.msggan import (PRESETS, Conv2d, Discriminator, GanConfig, Generator,
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from 2 threads, and on a shared 2-core box OpenMP's spin-waits
-    made the same test take 0.2 s or 7 s; one thread keeps it at the former."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def conv_params(k: int, cin: int, cout: int) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.api.deps import SessionDep
+from app.db import page
 from app.api.schemas import DatasetList, DatasetPublic, dataset_public
 from app.problems import Problem
 from app.tables import Dataset
@@ -25,8 +26,7 @@ def list_datasets(
     query = select(Dataset)
     if kind:
         query = query.where(Dataset.kind == kind)
-    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit).offset(offset))
+    rows, count = page(session, query, Dataset, limit, offset)
     return DatasetList(data=[dataset_public(d) for d in rows], count=count)
 
 

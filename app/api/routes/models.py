@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from app.api.deps import SessionDep
+from app.db import page
 from app.api.schemas import ModelList, ModelPublic, model_public
 from app.problems import Problem
 from app.tables import ModelVersion
@@ -28,8 +29,7 @@ def list_models(
         query = query.where(ModelVersion.kind == kind)
     if label is not None:
         query = query.where(ModelVersion.label == label)
-    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit).offset(offset))
+    rows, count = page(session, query, ModelVersion, limit, offset)
     return ModelList(data=[model_public(m) for m in rows], count=count)
 
 
