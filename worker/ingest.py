@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -151,8 +152,6 @@ def handle_ingest(ctx: JobContext) -> Outcome:
     final = ctx.storage.dataset_dir(dataset_id)
     replace_dir_atomic(staging, final)
     shutil.rmtree(work, ignore_errors=True)
-    import json
-
     bad_id = ctx.add_artifact("bad_files.json", "application/json", json.dumps(bad, indent=1).encode())
     counts = {"by_label": meta["by_label"], "by_patient": meta["by_patient"]}
     dataset = Dataset(

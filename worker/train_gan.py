@@ -3,6 +3,7 @@ checkpointed atomically and resumed from the newest valid checkpoint after a cra
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ def sample_grid_png(images: list[torch.Tensor]) -> bytes:
     rows = [torch.nn.functional.interpolate(x, size=(size, size), mode="nearest") for x in images]
     grid = make_grid(torch.cat(rows), nrow=len(images[0]), padding=2, normalize=True, value_range=(-1, 1))
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
 
