@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
 from app.api.routes import artifacts, datasets, generations, health, jobs, models, predictions, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.settings import Settings, get_settings
+
+
+class RequestMetrics:
+    """Counts requests and observes latency per route template (pure ASGI: Starlette's
+    BaseHTTPMiddleware costs a task and a stream per request, measurable on /v1/predictions)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), ["500"]
+
+        async def send_with_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(scope["method"], path, status[0]).inc()
+            HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - start)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,14 +61,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     except ValueError:  # a second app in one process (tests): replace the old collector
         pass
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):  # noqa: ANN001, ANN202
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(RequestMetrics)
     return app

@@ -16,6 +16,8 @@ HTTP_REQUESTS = Counter("histosynth_http_requests_total", "HTTP requests", ["met
 HTTP_LATENCY = Histogram("histosynth_http_request_seconds", "HTTP request latency", ["method", "route"],
                          registry=REGISTRY)
 PREDICTIONS = Counter("histosynth_predictions_total", "Patches classified", registry=REGISTRY)
+PREDICTION_BATCH = Histogram("histosynth_prediction_batch_size", "Images per classifier forward pass",
+                             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY)
 
 
 class JobStateCollector:

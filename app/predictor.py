@@ -1,8 +1,18 @@
 """The promoted classifier, loaded once per API process, serving micro-batched predictions.
 
-Concurrent requests put their images on one queue; a single batcher task takes what arrived
-within `max_wait_ms` (up to `max_batch` images), runs one forward pass in a worker thread
-(torch releases the GIL) and hands each request its probabilities.
+Concurrent requests put their images on one queue. A single batcher task takes the first
+image, then everything else already waiting (up to `max_batch`), and runs one forward pass in
+one dedicated inference thread (torch releases the GIL). It never waits on a timer: an idle model starts at
+once, so one client pays no batching delay, and images that arrive while a forward pass runs
+simply form the next, larger batch.
+
+Why one dedicated thread, which also loads the model, and not asyncio.to_thread: with GNU
+OpenMP every OS thread that runs torch ops gets its own team of worker threads, and once the
+process holds more OpenMP threads than cores, libgomp stops spinning between parallel regions
+and puts workers to sleep, so each of a forward's ~60 ops pays a wake-up. Measured on 2 cores
+at 224 px (bench/predict.py): single-client latency 20 ms with one team, 27 ms once forwards had
+run on several executor threads (after a burst of load) or the model was loaded on a thread
+other than the one running forwards.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +28,7 @@ import numpy as np
 from sqlalchemy import select
 
 from app.db import session_scope
+from app.metrics import PREDICTION_BATCH
 from app.problems import Problem
 from app.settings import Settings
 from app.tables import ModelVersion
@@ -26,23 +38,25 @@ from app.tables import ModelVersion
 class LoadedModel:
     id: str
     version: int
-    model: Any
-    input_size: int
+    runner: Any  # models.inference.InferenceModel
 
 
 class Predictor:
-    def __init__(self, settings: Settings, max_batch: int = 32, max_wait_ms: float = 4.0, recheck_s: float = 5.0):
+    def __init__(self, settings: Settings, recheck_s: float = 5.0):
         self.settings = settings
-        self.max_batch, self.max_wait, self.recheck_s = max_batch, max_wait_ms / 1000, recheck_s
+        self.max_batch, self.precision, self.recheck_s = settings.predict_max_batch, settings.predict_precision, recheck_s
+        self.batch_sizes: list[int] = []  # the last 1,000 forward-pass sizes (tests read them)
         self._loaded: LoadedModel | None = None
         self._checked_at = 0.0
         self._load_lock = threading.Lock()
         self._queue: asyncio.Queue | None = None
         self._batcher: asyncio.Task | None = None
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="histosynth-inference")
 
     def status(self) -> dict[str, Any]:
         m = self._loaded
-        return {"loaded": m is not None, "model_id": m.id if m else None, "version": m.version if m else None}
+        return {"loaded": m is not None, "model_id": m.id if m else None, "version": m.version if m else None,
+                "precision": self.precision}
 
     def invalidate(self) -> None:
         self._checked_at = 0.0
@@ -64,29 +78,28 @@ class Predictor:
                 row_id, version, path = row.id, row.version, row.path
             if self._loaded is None or self._loaded.id != row_id:
                 from models.classifier import load_classifier
+                from models.inference import InferenceModel
 
                 try:
                     model, config = load_classifier(path)
+                    runner = InferenceModel(model, config.input_size, self.precision)
                 except (OSError, ValueError, RuntimeError) as exc:
                     raise Problem(503, "Classifier could not be loaded", f"model {row_id}: {exc}") from exc
-                self._loaded = LoadedModel(row_id, version, model, config.input_size)
+                self._loaded = LoadedModel(row_id, version, runner)
             self._checked_at = now
             return self._loaded
 
     def forward(self, loaded: LoadedModel, images: list[np.ndarray]) -> np.ndarray:
-        """One batched forward pass: P(IDC+) per image (each image preprocessed on its own, since
-        sizes may differ, with the transform training used)."""
+        """One forward pass over `images` (uint8 (H, W, 3), any sizes): P(IDC+) per image."""
         import torch
 
-        from models.classifier import preprocess
-
-        with torch.inference_mode():
-            x = torch.cat([preprocess(torch.from_numpy(np.ascontiguousarray(im))[None], loaded.input_size)
-                           for im in images])
-            return torch.softmax(loaded.model(x).float(), dim=1)[:, 1].numpy()
+        return loaded.runner.probabilities([torch.from_numpy(np.ascontiguousarray(im)) for im in images]).numpy()
 
     async def predict(self, images: list[np.ndarray]) -> tuple[LoadedModel, np.ndarray]:
-        loaded = await asyncio.to_thread(self._current)
+        loaded = self._loaded
+        if loaded is None or time.monotonic() - self._checked_at >= self.recheck_s:
+            # A database read, maybe a model load: on the inference thread too (see module doc).
+            loaded = await asyncio.get_running_loop().run_in_executor(self._inference, self._current)
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._batcher = asyncio.create_task(self._run())
@@ -101,22 +114,18 @@ class Predictor:
     async def _run(self) -> None:
         assert self._queue is not None
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            deadline = asyncio.get_running_loop().time() + self.max_wait
-            while len(batch) < self.max_batch:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except asyncio.TimeoutError:
-                    break
+            batch = [await self._queue.get()]
+            await asyncio.sleep(0)  # let requests parsed in this same loop turn enqueue too
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             # Items of one batch share a model; a promotion mid-batch splits it by model.
             for loaded in {id(b[0]): b[0] for b in batch}.values():
                 items = [b for b in batch if b[0] is loaded]
+                self.batch_sizes = [*self.batch_sizes[-999:], len(items)]
+                PREDICTION_BATCH.observe(len(items))
                 try:
-                    probs = await asyncio.to_thread(self.forward, loaded, [b[1] for b in items])
+                    probs = await asyncio.get_running_loop().run_in_executor(
+                        self._inference, self.forward, loaded, [b[1] for b in items])
                     for (_, _, fut), p in zip(items, probs):
                         if not fut.done():
                             fut.set_result(float(p))

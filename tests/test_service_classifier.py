@@ -48,6 +48,13 @@ def test_predictions_need_a_promoted_classifier(service, real_dataset):
     assert "promote" in body["detail"]
 
 
+def batch_metrics(service) -> tuple[float, float]:
+    """(count, sum) of the API's histosynth_prediction_batch_size histogram."""
+    values = {line.split()[0]: float(line.split()[1]) for line in service.client.get("/metrics").text.splitlines()
+              if line.startswith("histosynth_prediction_batch_size_")}
+    return values["histosynth_prediction_batch_size_count"], values["histosynth_prediction_batch_size_sum"]
+
+
 def test_train_promote_predict_real_patches(service, classifier, real_dataset):
     model_id = classifier["result"]["model_id"]
     listed = service.client.get("/v1/models", params={"kind": "classifier"}).json()
@@ -59,17 +66,24 @@ def test_train_promote_predict_real_patches(service, classifier, real_dataset):
     root = real_dataset[1]
     pos = next((root / "10273" / "1").glob("*.png"))
     neg = next((root / "10273" / "0").glob("*.png"))
+    before = batch_metrics(service)
     resp = service.client.post("/v1/predictions", files=files((pos.name, pos.read_bytes(), "image/png"),
                                                                (neg.name, neg.read_bytes(), "image/png")))
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["model"]["id"] == model_id and body["model"]["version"] == promoted["version"]
+    assert body["model"] == {"id": model_id, "version": promoted["version"], "precision": "fp32"}
     assert [p["filename"] for p in body["predictions"]] == [pos.name, neg.name]
     for p in body["predictions"]:
         assert 0.0 <= p["probability_idc"] <= 1.0
         assert p["label"] == ("IDC+" if p["probability_idc"] >= 0.5 else "IDC-")
     ready = service.client.get("/readyz").json()
     assert ready["classifier"]["loaded"] is True and ready["classifier"]["model_id"] == model_id
+    after = batch_metrics(service)
+    # One request of two files: one forward pass of two images.
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 2.0)
+    metrics = service.client.get("/metrics").text
+    route = 'histosynth_http_requests_total{method="POST",route="/v1/predictions",status="200"}'
+    assert any(line.startswith(route) and float(line.split()[-1]) >= 1 for line in metrics.splitlines())
 
 
 def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:

@@ -13,7 +13,8 @@ from app.settings import Settings
 from app.storage import Storage
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
+    # async: FastAPI would run a plain def in its thread pool, a thread hop per request for nothing.
     return request.app.state.settings
 
 

@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 class ModelRef(BaseModel):
     id: str
     version: int
+    precision: str  # "fp32" or "bf16" (HISTOSYNTH_PREDICT_PRECISION)
 
 
 class Prediction(BaseModel):
@@ -74,7 +75,7 @@ async def predict(request: Request, settings: SettingsDep) -> PredictionResponse
     loaded, probs = await request.app.state.predictor.predict(images)
     PREDICTIONS.inc(len(images))
     return PredictionResponse(
-        model=ModelRef(id=loaded.id, version=loaded.version),
+        model=ModelRef(id=loaded.id, version=loaded.version, precision=loaded.runner.precision),
         predictions=[Prediction(filename=n, label="IDC+" if p >= 0.5 else "IDC-", probability_idc=round(float(p), 6))
                      for n, p in zip(names, probs)],
     )
