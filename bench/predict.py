@@ -212,12 +212,12 @@ def measure(env: dict[str, str], home: Path, png: bytes, args: argparse.Namespac
                 time.sleep(0.2)
         client = RawClient(port, request)
         lat = []
-        for _ in range(args.requests + 5):
+        for _ in range(args.requests + 20):
             t = time.perf_counter()
             client.post()
             lat.append((time.perf_counter() - t) * 1000)
         client.close()
-        lat = sorted(lat[5:])
+        lat = sorted(lat[20:])
         rps_1, rps_16, batches = [], [], []
         for _ in range(args.rounds):  # interleaved rounds: drift on a shared machine hits both alike
             rps_1.append(throughput(port, request, 1, args.seconds))
@@ -242,7 +242,7 @@ def measure(env: dict[str, str], home: Path, png: bytes, args: argparse.Namespac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=8, help="per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
