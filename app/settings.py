@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     max_prediction_bytes: int = 32 * 1024**2
     max_image_pixels: int = 4096 * 4096
     # Serving the promoted classifier: "fp32" (default, the numbers evaluation reports) or
-    # "bf16" (autocast; much faster on AMX CPUs and GPUs, probabilities move by ~1e-2).
+    # "bf16" (autocast; much faster on AMX CPUs and GPUs, probabilities move by < 5e-3).
     predict_precision: Literal["fp32", "bf16"] = "fp32"
     # Most images one forward pass takes; requests that arrive while one runs form the next.
     predict_max_batch: int = Field(default=32, ge=1, le=1024)
