@@ -2,9 +2,9 @@
 
 Concurrent requests put their images on one queue. A single batcher task takes the first
 image, then everything else already waiting (up to `max_batch`), and runs one forward pass in
-one dedicated inference thread (torch releases the GIL). It never waits on a timer: an idle model starts at
-once, so one client pays no batching delay, and images that arrive while a forward pass runs
-simply form the next, larger batch.
+one dedicated inference thread (torch releases the GIL). It never waits on a timer: an idle
+model starts at once, so one client pays no batching delay, and images that arrive while a
+forward pass runs simply form the next, larger batch.
 
 Why one dedicated thread, which also loads the model, and not asyncio.to_thread: with GNU
 OpenMP every OS thread that runs torch ops gets its own team of worker threads, and once the
@@ -56,7 +56,7 @@ class Predictor:
     def status(self) -> dict[str, Any]:
         m = self._loaded
         return {"loaded": m is not None, "model_id": m.id if m else None, "version": m.version if m else None,
-                "precision": self.precision}
+                "precision": self.precision, "device": str(m.runner.device) if m else None}
 
     def invalidate(self) -> None:
         self._checked_at = 0.0
@@ -82,12 +82,24 @@ class Predictor:
 
                 try:
                     model, config = load_classifier(path)
-                    runner = InferenceModel(model, config.input_size, self.precision)
+                    runner = InferenceModel(model, config.input_size, self.precision, self._device())
                 except (OSError, ValueError, RuntimeError) as exc:
                     raise Problem(503, "Classifier could not be loaded", f"model {row_id}: {exc}") from exc
                 self._loaded = LoadedModel(row_id, version, runner)
             self._checked_at = now
             return self._loaded
+
+    def _device(self) -> str:
+        import torch
+
+        wanted = self.settings.predict_device
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise Problem(503, "Classifier could not be loaded",
+                          "HISTOSYNTH_PREDICT_DEVICE=cuda, but this API process sees no GPU; "
+                          "use auto or cpu, or give the API container a GPU.")
+        if wanted == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return wanted
 
     def forward(self, loaded: LoadedModel, images: list[np.ndarray]) -> np.ndarray:
         """One forward pass over `images` (uint8 (H, W, 3), any sizes): P(IDC+) per image."""

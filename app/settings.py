@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Serving the promoted classifier: "fp32" (default, the numbers evaluation reports) or
     # "bf16" (autocast; much faster on AMX CPUs and GPUs, probabilities move by < 5e-3).
     predict_precision: Literal["fp32", "bf16"] = "fp32"
+    # Where the API process runs the classifier: "auto" takes a GPU when the process sees one.
+    predict_device: Literal["auto", "cpu", "cuda"] = "auto"
     # Most images one forward pass takes; requests that arrive while one runs form the next.
     predict_max_batch: int = Field(default=32, ge=1, le=1024)
 

@@ -71,20 +71,27 @@ def test_unknown_precision_is_refused(net):
         InferenceModel(net, 64, "fp16")
 
 
-def test_predictor_batches_concurrent_requests(tmp_path, net):
-    from app.migrate import upgrade_head
+def promoted_home(tmp_path, net, **settings_kw):
+    """Settings for an embedded home whose promoted classifier is `net` (input 64), id m1 v3."""
     from app.db import session_scope
-    from app.predictor import Predictor
+    from app.migrate import upgrade_head
     from app.settings import Settings
     from app.tables import ModelVersion
     from worker.models_store import save_state
 
-    settings = Settings(home=tmp_path, predict_max_batch=6)
+    settings = Settings(home=tmp_path, **settings_kw)
     upgrade_head(settings.resolved_database_url)
     path = tmp_path / "clf.pt"
     save_state(path, classifier_state(net, config_from({"weights": "none", "mode": "finetune", "input_size": 64})))
     with session_scope(settings.resolved_database_url) as s:
         s.add(ModelVersion(id="m1", kind="classifier", version=3, path=str(path), promoted=True))
+    return settings
+
+
+def test_predictor_batches_concurrent_requests(tmp_path, net):
+    from app.predictor import Predictor
+
+    settings = promoted_home(tmp_path, net, predict_max_batch=6)
     ims = images([(50, 50)] * 10, seed=2)
     expected = InferenceModel(net, 64, "fp32").probabilities([torch.from_numpy(im) for im in ims]).numpy()
 
@@ -114,3 +121,16 @@ def test_predictor_without_promoted_model_is_a_409(tmp_path):
     with pytest.raises(Problem) as info:
         asyncio.run(Predictor(settings).predict(images([(50, 50)])))
     assert info.value.status == 409 and "promote" in info.value.detail
+
+
+def test_predictor_asked_for_a_missing_gpu_is_a_503(tmp_path, net, monkeypatch):
+    from app.predictor import Predictor
+    from app.problems import Problem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(Problem) as info:
+        asyncio.run(Predictor(promoted_home(tmp_path, net, predict_device="cuda")).predict(images([(50, 50)])))
+    assert info.value.status == 503 and "HISTOSYNTH_PREDICT_DEVICE" in info.value.detail
+    # auto falls back to the CPU
+    loaded, probs = asyncio.run(Predictor(promoted_home(tmp_path / "auto", net)).predict(images([(50, 50)])))
+    assert str(loaded.runner.device) == "cpu" and probs.shape == (1,)
