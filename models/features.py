@@ -16,7 +16,6 @@ backbone with BatchNorm folded into the preceding convolutions and channels_last
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,27 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from models.classifier import (
     AbortFn, ClassifierConfig, EpochStats, ProgressFn, ResNet18Classifier, TrainingAborted, epoch_batches,
     preprocess, take_batch,
 )
+from models.inference import fold_batchnorm
 
 __all__ = ["inference_backbone", "extract_features", "fit_head", "head_proba", "train_with_cached_features"]
 
 
 def inference_backbone(model: ResNet18Classifier) -> ResNet18Classifier:
-    """An eval-only copy of `model` with each BatchNorm folded into its conv and channels_last
-    weights. Its `forward_features` equals the original's in eval mode (to ~1e-6)."""
-    net = copy.deepcopy(model).eval()
-    net.conv1, net.bn1 = fuse_conv_bn_eval(net.conv1, net.bn1), nn.Identity()
-    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-        for block in layer:
-            block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
-            block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
-            if block.downsample is not None:
-                block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+    """An eval-only copy of `model` with each BatchNorm folded into its conv, no fc, and
+    channels_last weights. Its `forward_features` equals the original's in eval mode (to ~1e-6)."""
+    net = fold_batchnorm(model)
     net.fc = nn.Identity()
     net.requires_grad_(False)
     return net.to(memory_format=torch.channels_last)
