@@ -44,7 +44,8 @@ class LoadedModel:
 class Predictor:
     def __init__(self, settings: Settings, recheck_s: float = 5.0):
         self.settings = settings
-        self.max_batch, self.precision, self.recheck_s = settings.predict_max_batch, settings.predict_precision, recheck_s
+        self.max_batch, self.precision = settings.predict_max_batch, settings.predict_precision
+        self.recheck_s = recheck_s
         self.batch_sizes: list[int] = []  # the last 1,000 forward-pass sizes (tests read them)
         self._loaded: LoadedModel | None = None
         self._checked_at = 0.0

@@ -10,7 +10,8 @@ rounding. At the paper's 150 epochs that is ~150x fewer backbone passes.
 
 The backbone pass itself is inference-only, so it runs under inference_mode on a copy of the
 backbone with BatchNorm folded into the preceding convolutions and channels_last memory
-(profiled on 2 CPU cores at 112 px: 1.6-2x the images/s of the unmodified eval-mode network).
+(profiled on 2 CPU cores at 112 px: 1.6-2x the images/s of the unmodified eval-mode network on
+session 1's VM, 1.2x on session 2's; BENCHMARKS.md).
 """
 
 from __future__ import annotations
