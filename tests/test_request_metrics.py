@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
+import asyncio
+
+import httpx
 
 from app.main import create_app
 from app.migrate import upgrade_head
@@ -17,14 +19,19 @@ def counter(text: str, method: str, route: str, status: str) -> float:
 def test_requests_are_counted_by_template_and_status(tmp_path):
     settings = Settings(home=tmp_path)
     upgrade_head(settings.resolved_database_url)
-    with TestClient(create_app(settings)) as client:
-        before = client.get("/metrics").text
-        missing = client.get("/v1/jobs/does-not-exist")
-        assert missing.status_code == 404
-        assert missing.headers["content-type"].startswith("application/problem+json")
-        assert client.get("/no/such/path").status_code == 404
-        assert client.get("/v1/jobs").status_code == 200
-        after = client.get("/metrics").text
+
+    async def scenario() -> tuple[str, str]:
+        transport = httpx.ASGITransport(app=create_app(settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            before = (await client.get("/metrics")).text
+            missing = await client.get("/v1/jobs/does-not-exist")
+            assert missing.status_code == 404
+            assert missing.headers["content-type"].startswith("application/problem+json")
+            assert (await client.get("/no/such/path")).status_code == 404
+            assert (await client.get("/v1/jobs")).status_code == 200
+            return before, (await client.get("/metrics")).text
+
+    before, after = asyncio.run(scenario())
     for method, route, status in (("GET", "/v1/jobs/{job_id}", "404"), ("GET", "unmatched", "404"),
                                   ("GET", "/v1/jobs", "200")):
         assert counter(after, method, route, status) - counter(before, method, route, status) == 1.0, route
