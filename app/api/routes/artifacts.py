@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi import Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, get_or_404
 from app.problems import Problem
 from app.tables import Artifact
 from app.zipstream import iter_png_zip
@@ -18,9 +18,7 @@ router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
 @router.get("/{artifact_id}", response_class=FileResponse)
 def get_artifact(artifact_id: str, session: SessionDep) -> Response:
-    artifact = session.get(Artifact, artifact_id)
-    if artifact is None:
-        raise Problem(404, "Artifact not found", f"No artifact with id {artifact_id!r}.")
+    artifact = get_or_404(session, Artifact, artifact_id, "artifact")
     path = Path(artifact.path)
     if path.is_dir() and (path / "meta.json").is_file():  # a packed dataset exported as a zip of PNGs
         stem = Path(artifact.name).stem

@@ -7,10 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, get_or_404
 from app.db import page
 from app.api.schemas import DatasetList, DatasetPublic, dataset_public
-from app.problems import Problem
 from app.tables import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -32,7 +31,5 @@ def list_datasets(
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise Problem(404, "Dataset not found", f"No dataset with id {dataset_id!r}.")
+    dataset = get_or_404(session, Dataset, dataset_id, "dataset")
     return dataset_public(dataset)

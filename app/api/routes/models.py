@@ -7,10 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select, update
 
-from app.api.deps import SessionDep
+from app.api.deps import SessionDep, get_or_404
 from app.db import page
 from app.api.schemas import ModelList, ModelPublic, model_public
-from app.problems import Problem
 from app.tables import ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -35,18 +34,14 @@ def list_models(
 
 @router.get("/{model_id}", response_model=ModelPublic)
 def get_model(model_id: str, session: SessionDep) -> ModelPublic:
-    model = session.get(ModelVersion, model_id)
-    if model is None:
-        raise Problem(404, "Model not found", f"No model with id {model_id!r}.")
+    model = get_or_404(session, ModelVersion, model_id, "model")
     return model_public(model)
 
 
 @router.post("/{model_id}/promote", response_model=ModelPublic)
 def promote_model(model_id: str, session: SessionDep, request: Request) -> ModelPublic:
     """Make this version the one used by default (generators: per label; classifiers: for /predictions)."""
-    model = session.get(ModelVersion, model_id)
-    if model is None:
-        raise Problem(404, "Model not found", f"No model with id {model_id!r}.")
+    model = get_or_404(session, ModelVersion, model_id, "model")
     same_slot = (ModelVersion.kind == model.kind) & (
         ModelVersion.label.is_(None) if model.label is None else ModelVersion.label == model.label)
     session.execute(update(ModelVersion).where(same_slot).values(promoted=False))
