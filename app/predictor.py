@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ class Predictor:
         self.settings = settings
         self.max_batch, self.precision = settings.predict_max_batch, settings.predict_precision
         self.recheck_s = recheck_s
-        self.batch_sizes: list[int] = []  # the last 1,000 forward-pass sizes (tests read them)
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent forward-pass sizes (tests read them)
         self._loaded: LoadedModel | None = None
         self._checked_at = 0.0
         self._load_lock = threading.Lock()
@@ -91,16 +92,14 @@ class Predictor:
             return self._loaded
 
     def _device(self) -> str:
-        import torch
+        from models.device import DeviceUnavailableError, resolve_device
 
-        wanted = self.settings.predict_device
-        if wanted == "cuda" and not torch.cuda.is_available():
+        try:
+            return resolve_device(self.settings.predict_device)
+        except DeviceUnavailableError as exc:
             raise Problem(503, "Classifier could not be loaded",
                           "HISTOSYNTH_PREDICT_DEVICE=cuda, but this API process sees no GPU; "
-                          "use auto or cpu, or give the API container a GPU.")
-        if wanted == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return wanted
+                          "use auto or cpu, or give the API container a GPU.") from exc
 
     def forward(self, loaded: LoadedModel, images: list[np.ndarray]) -> np.ndarray:
         """One forward pass over `images` (uint8 (H, W, 3), any sizes): P(IDC+) per image."""
@@ -134,7 +133,7 @@ class Predictor:
             # Items of one batch share a model; a promotion mid-batch splits it by model.
             for loaded in {id(b[0]): b[0] for b in batch}.values():
                 items = [b for b in batch if b[0] is loaded]
-                self.batch_sizes = [*self.batch_sizes[-999:], len(items)]
+                self.batch_sizes.append(len(items))
                 PREDICTION_BATCH.observe(len(items))
                 try:
                     probs = await asyncio.get_running_loop().run_in_executor(

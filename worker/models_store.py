@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.storage import write_bytes_atomic
+from models.device import DeviceUnavailableError, resolve_device
 
 
 def save_state(path: Path, payload: dict[str, Any]) -> int:
@@ -41,10 +42,9 @@ def has_promoted(session: Session, kind: str, label: int | None) -> bool:
 
 
 def pick_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        return resolve_device(requested)
+    except DeviceUnavailableError as exc:
         from worker.context import UserError
 
-        raise UserError("device 'cuda' was requested but this worker has no GPU")
-    return requested
+        raise UserError("device 'cuda' was requested but this worker has no GPU") from exc
