@@ -295,6 +295,23 @@ class EpochStats:
         return {f"{prefix}_loss": float(self.loss) / max(self.n, 1), f"{prefix}_acc": float(self.hits) / max(self.n, 1)}
 
 
+def train_step(module: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer, stats: EpochStats) -> None:
+    """One optimizer step on one batch. Both training paths (the plain loop below, and fc on
+    cached features in models.features) call this, so they stay step-for-step the same."""
+    logits = module(x)
+    loss = loss_fn(logits, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    stats.add(loss, logits, target)
+
+
+def val_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """val_loss (mean cross-entropy) and val_acc of `logits` against int labels `y`."""
+    return {"val_loss": float(F.cross_entropy(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
+
+
 def uses_fast_path(config: ClassifierConfig) -> bool:
     """The cached-feature path is exact (up to float rounding) only when the backbone is a
     fixed function of the image: frozen, eval-mode BatchNorm, and no augmentation (there is none)."""
@@ -350,13 +367,7 @@ def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: An
             if abort_fn is not None and abort_fn():
                 raise TrainingAborted("classifier training aborted")
             x = preprocess(take_batch(images, idx, device), config.input_size)
-            target = y[idx].to(device)
-            logits = model(x)
-            loss = loss_fn(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            stats.add(loss, logits, target)
+            train_step(model, x, y[idx].to(device), loss_fn, optimizer, stats)
         row = {"epoch": epoch + 1, **stats.result("train")}
         if val is not None:
             row.update(evaluate_images(model, val[0], val[1], config, device))
@@ -382,8 +393,7 @@ def evaluate_images(model: nn.Module, images: Any, labels: np.ndarray, config: C
                     device: str | torch.device) -> dict[str, float]:
     """val_loss / val_acc of `model` on uint8 images (model is left in eval mode)."""
     logits = _logits(model, images, config.input_size, config.eval_batch_size, device)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=logits.device)
-    return {"val_loss": float(F.cross_entropy(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
+    return val_metrics(logits, torch.as_tensor(np.asarray(labels), dtype=torch.long, device=logits.device))
 
 
 def predict_proba(model: nn.Module, images_uint8: Any, input_size: int = 224, batch_size: int = 32,

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from models.classifier import (
     AbortFn, ClassifierConfig, EpochStats, ProgressFn, ResNet18Classifier, TrainingAborted, epoch_batches,
-    preprocess, take_batch,
+    preprocess, take_batch, train_step, val_metrics,
 )
 from models.inference import fold_batchnorm
 
@@ -90,16 +90,22 @@ def fit_head(model: ResNet18Classifier, features: torch.Tensor, labels: torch.Te
         return _fit_head(model, features, labels, config, progress_fn, abort_fn, val)
 
 
+def as_labels(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """int64 label tensor from a tensor or anything numpy reads (memmap, list)."""
+    return torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels, dtype=torch.long)
+
+
 def _fit_head(model: ResNet18Classifier, features: torch.Tensor, labels: torch.Tensor | np.ndarray,
               config: ClassifierConfig, progress_fn: ProgressFn | None, abort_fn: AbortFn | None,
               val: tuple[torch.Tensor, torch.Tensor | np.ndarray] | None) -> list[dict[str, float]]:
     device = features.device
     fc = model.fc
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels, dtype=torch.long)
+    y = as_labels(labels)
     y_dev = y.to(device)
     optimizer = torch.optim.Adam(fc.parameters(), lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
+    val_y = None if val is None else as_labels(val[1]).to(device)  # once, not per epoch
     history = []
     for epoch in range(config.epochs):
         if abort_fn is not None and abort_fn():
@@ -108,21 +114,11 @@ def _fit_head(model: ResNet18Classifier, features: torch.Tensor, labels: torch.T
         stats = EpochStats(device)
         for idx in epoch_batches(len(y), config.batch_size, generator):
             idx = idx.to(device)
-            target = y_dev[idx]
-            logits = fc(features[idx])
-            loss = loss_fn(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            stats.add(loss, logits, target)
+            train_step(fc, features[idx], y_dev[idx], loss_fn, optimizer, stats)
         row = {"epoch": epoch + 1, **stats.result("train")}
         if val is not None:
             with torch.inference_mode():
-                logits = fc(val[0])
-                vy = torch.as_tensor(np.asarray(val[1]) if not isinstance(val[1], torch.Tensor) else val[1],
-                                     dtype=torch.long, device=device)
-                row["val_loss"] = float(loss_fn(logits, vy))
-                row["val_acc"] = float((logits.argmax(1) == vy).float().mean())
+                row.update(val_metrics(fc(val[0]), val_y))
         row["seconds"] = time.perf_counter() - start
         history.append(row)
         if progress_fn is not None:
