@@ -67,11 +67,11 @@ class InferenceModel:
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images_uint8_nhwc):
             by_shape.setdefault(tuple(im.shape), []).append(i)
-        x = torch.empty(len(images_uint8_nhwc), 3, self.input_size, self.input_size, device=self.device)
+        x = torch.empty(len(images_uint8_nhwc), 3, self.input_size, self.input_size, device=self.device,
+                        memory_format=torch.channels_last)  # filled in place: no layout copy afterwards
         for idx in by_shape.values():
             batch = torch.stack([images_uint8_nhwc[i] for i in idx]).to(self.device)
             x[idx] = preprocess(batch, self.input_size)
-        x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             logits = self.model(x)
         return torch.softmax(logits.float(), dim=1)[:, 1].cpu()

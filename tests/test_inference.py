@@ -100,7 +100,7 @@ def test_predictor_batches_concurrent_requests(tmp_path, net):
         loaded, first = await predictor.predict([ims[0]])  # loads the model
         assert (loaded.id, loaded.version, loaded.runner.precision) == ("m1", 3, "fp32")
         singles = await asyncio.gather(*(predictor.predict([im]) for im in ims))
-        return predictor.batch_sizes, first, np.concatenate([p for _, p in singles])
+        return list(predictor.batch_sizes), first, np.concatenate([p for _, p in singles])
 
     batch_sizes, first, probs = asyncio.run(scenario())
     # The first request ran alone (no timer to wait on); the ten concurrent ones were queued
