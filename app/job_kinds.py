@@ -81,9 +81,10 @@ def _label_count(dataset, label: int) -> int:  # noqa: ANN001
 class TrainGanParams(Params):
     dataset_id: str
     label: Label | Literal["both"] = Field(description="1/'IDC+', 0/'IDC-', or 'both' (one model per label)")
-    preset: Literal["paper", "cpu-small"] = "cpu-small"
+    preset: Literal["paper", "cpu-small", "gpu-large"] = "cpu-small"
     steps: int = Field(2000, ge=1, le=10_000_000)
     overrides: dict[str, Any] = Field(default_factory=dict, description="Any GanConfig field")
+    speed: dict[str, Any] = Field(default_factory=dict, description="Any TrainSpeed field (precision, cuda_graph, ...)")
     checkpoint_every: int = Field(500, ge=0)
     sample_every: int = Field(500, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -101,6 +102,12 @@ def check_train_gan(params: TrainGanParams, settings: Settings, session: Session
         config = config_from(params.preset, params.overrides)
     except (TypeError, ValueError) as exc:
         raise Problem(422, "Invalid GAN overrides", str(exc)) from exc
+    from models.gan_speed import TrainSpeed
+
+    try:
+        TrainSpeed.from_dict(params.speed)
+    except (TypeError, ValueError) as exc:
+        raise Problem(422, "Invalid speed options", str(exc)) from exc
     for label in params.labels:
         n = _label_count(dataset, label)
         if n < config.batch_size:
@@ -118,6 +125,7 @@ class GenerateParams(Params):
     batch_size: int = Field(256, ge=1, le=4096)
     name: str | None = Field(None, max_length=200)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU, fp32 on a CPU")
 
 
 def check_generate(params: GenerateParams, settings: Settings, session: Session) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Prediction latency over HTTP and the gain from micro-batching.
 
     python bench/predict.py [--input-size 224] [--seconds 8] [--rounds 3] [--precision fp32 bf16] [--json]
+    python bench/predict.py --device cuda --json       # the API serving from a GPU
 
 Starts a real uvicorn API (SQLite, a temp home) whose promoted classifier is a ResNet18 of
 the given input size (random weights: same arithmetic as a trained one), once per serving
@@ -14,7 +15,8 @@ precision. Measures, in the same run and on the same 50x50 PNG:
   the most batching can gain from the arithmetic alone on this machine.
 The load clients send one pre-built request over a kept-alive socket each and read the
 response with a minimal parser, so the client's own CPU (the same 2 cores) stays small.
-Targets: p50 within 20% of forward_ms; rps_16 >= 2x rps_1 (batching).
+Targets: p50 within 20% of forward_ms; rps_16 >= 2x rps_1 (batching) on CPU, >= 4x on a GPU.
+--device sets HISTOSYNTH_PREDICT_DEVICE for the server and runs the in-process figures there.
 The top-level figures are the default precision (fp32); other precisions are nested by name.
 """
 
@@ -37,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def patch_png() -> bytes:
+def patch_png(path: Path | None = None) -> bytes:
+    if path is not None:
+        return path.read_bytes()
     data = ROOT.parent / "shared" / "data" / "IDC_regular_ps50_idx5" / "10255" / "1"
     files = sorted(data.glob("*.png"))
     if files:
@@ -52,7 +56,8 @@ def patch_png() -> bytes:
 
 def setup(home: Path, input_size: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")}
-    env.update({"HISTOSYNTH_HOME": str(home), "PYTHONPATH": str(ROOT)})
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env.update({"HISTOSYNTH_HOME": str(home), "PYTHONPATH": path})
     os.environ.update(env)
     from app.migrate import upgrade_head
     from app.settings import Settings
@@ -75,7 +80,7 @@ def setup(home: Path, input_size: int) -> dict[str, str]:
     return env
 
 
-def bare_forward_ms(png: bytes, input_size: int, home: Path, repeats: int, precision: str) -> float:
+def bare_forward_ms(png: bytes, input_size: int, home: Path, repeats: int, precision: str, device: str) -> float:
     import torch
 
     from app.images import decode_upload
@@ -83,7 +88,7 @@ def bare_forward_ms(png: bytes, input_size: int, home: Path, repeats: int, preci
     from models.inference import InferenceModel
 
     model, _ = load_classifier(home / "clf.pt")
-    runner = InferenceModel(model, input_size, precision)
+    runner = InferenceModel(model, input_size, precision, device)
     times = []
     for _ in range(repeats + 3):
         t = time.perf_counter()
@@ -92,7 +97,8 @@ def bare_forward_ms(png: bytes, input_size: int, home: Path, repeats: int, preci
     return statistics.median(times[3:]) * 1000
 
 
-def compute_ceiling(input_size: int, home: Path, precision: str, batch: int = 16, repeats: int = 5) -> float:
+def compute_ceiling(input_size: int, home: Path, precision: str, device: str, batch: int = 16,
+                    repeats: int = 5) -> float:
     """The most batching can gain from compute alone on this machine: per-image time of a
     batch-1 forward over that of a batch-`batch` forward (same network, same precision)."""
     import torch
@@ -100,7 +106,7 @@ def compute_ceiling(input_size: int, home: Path, precision: str, batch: int = 16
     from models.classifier import load_classifier
     from models.inference import InferenceModel
 
-    runner = InferenceModel(load_classifier(home / "clf.pt")[0], input_size, precision)
+    runner = InferenceModel(load_classifier(home / "clf.pt")[0], input_size, precision, device)
     image = torch.randint(0, 256, (50, 50, 3), dtype=torch.uint8)
 
     def per_image_ms(n: int) -> float:
@@ -194,14 +200,15 @@ def measure(env: dict[str, str], home: Path, png: bytes, args: argparse.Namespac
     import httpx
 
     # In-process figures first, with no server alive: its idle OpenMP threads skewed them.
-    forward = bare_forward_ms(png, args.input_size, home, args.requests, precision)
-    ceiling = compute_ceiling(args.input_size, home, precision)
+    forward = bare_forward_ms(png, args.input_size, home, args.requests, precision, args.device)
+    ceiling = compute_ceiling(args.input_size, home, precision, args.device)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port",
                                str(port), "--log-level", "warning"], cwd=ROOT,
-                              env={**env, "HISTOSYNTH_PREDICT_PRECISION": precision})
+                              env={**env, "HISTOSYNTH_PREDICT_PRECISION": precision,
+                                   "HISTOSYNTH_PREDICT_DEVICE": args.device})
     request = multipart_request(port, png)
     try:
         for _ in range(200):
@@ -241,7 +248,9 @@ def measure(env: dict[str, str], home: Path, png: bytes, args: argparse.Namespac
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--png", type=Path, default=None, help="the patch to send (default: a shared-data patch)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=8, help="per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -249,12 +258,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    png = patch_png()
+    png = patch_png(args.png)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         env = setup(home, args.input_size)
         runs = [measure(env, home, png, args, p) for p in args.precision]
-    result = {"input_size": args.input_size, "cpus": os.cpu_count(), **runs[0]}
+    import torch
+
+    result = {"bench": "predict", "device": args.device, "input_size": args.input_size, "cpus": os.cpu_count(),
+              "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, **runs[0]}
     for run in runs[1:]:
         result[run["precision"]] = run
     if not args.json:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
-__all__ = ["DeviceUnavailableError", "resolve_device"]
+__all__ = ["DeviceUnavailableError", "resolve_device", "exact_fp32"]
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -19,3 +22,16 @@ def resolve_device(requested: str) -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceUnavailableError(f"device {requested!r} was requested but no GPU is visible")
     return requested
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 on a GPU means fp32 inside this block: cuDNN would otherwise run convolutions in
+    TF32 (torch's default), which moves a ResNet18's probabilities by ~1e-3 and generated
+    pixels by grey levels. The flags are process-wide; they are restored on exit."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -6,44 +6,32 @@ grids (as NVlabs' training loops do) and writes whatever it wants from them.
 One step = `n_critic` discriminator updates then one generator update. The generator update
 uses the latents of the last critic update (as e.g. PyTorch's DCGAN example does) and so can
 reuse those fakes and their graph instead of running G again: one G forward less per step.
+
+How it runs (models.gan_speed.TrainSpeed) is separate from what it computes (GanConfig). On a
+GPU the step has fixed shapes, so after a few eager steps it is captured once as a CUDA graph
+and replayed: each step is then one launch instead of ~1,500 kernel launches from Python.
+Losses stay on the device and are read every `sync_every` steps (one host sync per read).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from models.gan_data import BatchLoader, real_pyramid
+from models.gan_speed import TrainSpeed, make_optimizer
 from models.losses import discriminator_loss, generator_loss
 from models.msggan import PRESETS, GanConfig, config_from
 
-__all__ = ["GanTrainer", "GanConfig", "PRESETS", "config_from", "real_pyramid"]
+__all__ = ["GanTrainer", "GanConfig", "PRESETS", "TrainSpeed", "config_from", "real_pyramid"]
 
 HISTORY_KEYS = ("d_loss", "g_loss", "gp", "wasserstein")
-
-
-def real_pyramid(batch_u8: np.ndarray | torch.Tensor, resolution: int, depth: int,
-                 device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """uint8 (N, H, W, 3) -> [(N,3,4,4), ..., (N,3,res,res)] in [-1, 1], coarsest first.
-
-    Real patches are 50 px, the generator's finest output 64 px (Table 1). They are upscaled
-    with bilinear interpolation: smooth, so D cannot tell real from fake by blocky nearest-
-    neighbour edges, and it keeps the patch content (no crop). Every coarser scale is the 2x2
-    average pool of the one above, the same pyramid MSG-GAN builds for its real images.
-    The permute keeps the NHWC memory of the batch, i.e. channels_last.
-    """
-    x = torch.as_tensor(batch_u8).to(device, non_blocking=True).permute(0, 3, 1, 2)
-    x = x.float().mul_(1.0 / 127.5).sub_(1.0)
-    if x.shape[-1] != resolution or x.shape[-2] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    pyramid = [x]
-    for _ in range(depth - 1):
-        pyramid.append(F.avg_pool2d(pyramid[-1], 2))
-    return pyramid[::-1]
+CHECKPOINT_FORMAT = "histosynth.gan/2"
 
 
 class GanTrainer:
@@ -51,7 +39,8 @@ class GanTrainer:
     view with shape/dtype/ndim, len() and integer-array indexing. Batches are indexed from it;
     the whole array is never loaded."""
 
-    def __init__(self, config: GanConfig | dict, images: np.ndarray, device: str | torch.device = "cpu") -> None:
+    def __init__(self, config: GanConfig | dict, images: np.ndarray, device: str | torch.device = "cpu",
+                 speed: TrainSpeed | None = None) -> None:
         if isinstance(config, dict):
             config = config_from("paper", config)
         self.config = cfg = config
@@ -61,103 +50,183 @@ class GanTrainer:
             raise ValueError(f"need at least batch_size={cfg.batch_size} images, got {len(images)}")
         self.images = images
         self.device = torch.device(device)
-        cuda = self.device.type == "cuda"
-        # bf16 autocast and channels_last help tensor cores; the CPU path stays fp32.
-        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
-        self._memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.speed = sp = (speed or TrainSpeed()).resolve(self.device)
+        if sp.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
 
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(cfg.seed)
             G, D = cfg.make_generator(), cfg.make_discriminator()
-        self.G = G.to(self.device, memory_format=self._memory_format)
-        self.D = D.to(self.device, memory_format=self._memory_format)
+        self.G = G.to(self.device, memory_format=sp.memory_format)
+        self.D = D.to(self.device, memory_format=sp.memory_format)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_G = self._make_optimizer(self.G)
-        self.opt_D = self._make_optimizer(self.D)
+        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        self.opt_G = make_optimizer(cfg.optimizer, self.G.parameters(), cfg.lr, betas, sp)
+        self.opt_D = make_optimizer(cfg.optimizer, self.D.parameters(), cfg.lr, betas, sp)
+        # G and D's first-order passes may be compiled; the penalty's double backward always
+        # runs eager D (torch.compile has no double backward).
+        self._G_run = torch.compile(self.G) if sp.compile else self.G
+        self._D_run = torch.compile(self.D) if sp.compile else self.D
 
-        # A dedicated generator for data order, latents and GP alphas: resuming restores it.
-        self.rng = torch.Generator().manual_seed(cfg.seed + 1)
+        # Latents and penalty alphas come from their own generator, on the training device
+        # (drawn there, no host copy); the data order is a function of (seed, epoch) alone.
+        self.noise_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.fixed_z = torch.randn(cfg.fixed_samples, cfg.latent_dim,
                                    generator=torch.Generator().manual_seed(cfg.seed + 2))
         self.step = 0
-        self.epoch = 0
-        self.position = 0
-        self.permutation = torch.randperm(len(images), generator=self.rng)
         self.history: list[dict[str, float]] = []
+        self._pending: list[torch.Tensor] = []  # per-step losses not yet read back from the device
+        self.loader = self._make_loader(0, 0)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._side: torch.cuda.Stream | None = None
+        self.graph_error: str | None = None
+        self._eager_steps = 0  # since the optimizers' state was (re)built; a graph needs some first
 
-    def _make_optimizer(self, net: torch.nn.Module) -> torch.optim.Optimizer:
-        cfg = self.config
-        if cfg.optimizer == "rmsprop":  # paper; torch defaults alpha=0.99, eps=1e-8
-            return torch.optim.RMSprop(net.parameters(), lr=cfg.lr, foreach=True)
-        return torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                foreach=True)
+    def _make_loader(self, epoch: int, position: int) -> BatchLoader:
+        return BatchLoader(self.images, self.config.batch_size, self.config.seed, epoch, position,
+                           ahead=self.speed.read_ahead, pin=self.device.type == "cuda")
 
-    # -- data -------------------------------------------------------------------------------
-    def _next_indices(self) -> np.ndarray:
-        b = self.config.batch_size
-        if self.position + b > len(self.permutation):  # new epoch; the ragged tail is dropped
-            self.permutation = torch.randperm(len(self.images), generator=self.rng)
-            self.position = 0
-            self.epoch += 1
-        idx = self.permutation[self.position:self.position + b].numpy()
-        self.position += b
-        return idx
+    @property
+    def epoch(self) -> int:
+        return self.loader.epoch
 
-    def _real_batch(self) -> list[torch.Tensor]:
-        batch = np.ascontiguousarray(self.images[self._next_indices()])
-        pyramid = real_pyramid(batch, self.config.resolution, self.config.depth, self.device)
-        return [x.contiguous(memory_format=self._memory_format) for x in pyramid]
+    @property
+    def position(self) -> int:
+        return self.loader.position
 
-    def _latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.config.latent_dim, generator=self.rng).to(self.device)
+    def close(self) -> None:
+        """Stop the read-ahead thread (it is a daemon; this just ends it early)."""
+        self.loader.close()
 
-    # -- one step ---------------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
-        cfg, G, D = self.config, self.G, self.D
-        b = cfg.batch_size
+    # -- one step: the math, on given inputs ------------------------------------------------
+    def _step_math(self, reals_u8: list[torch.Tensor], zs: list[torch.Tensor],
+                   alphas: list[torch.Tensor]) -> torch.Tensor:
+        """n_critic D updates, one G update, the EMA; returns the losses (4,) on the device."""
+        cfg, D, sp = self.config, self.D, self.speed
         D.requires_grad_(True)
         for k in range(cfg.n_critic):
-            reals = self._real_batch()
-            z = self._latents(b)
-            alpha = torch.rand(b, 1, 1, 1, generator=self.rng).to(self.device)
+            reals = [x.contiguous(memory_format=sp.memory_format)
+                     for x in real_pyramid(reals_u8[k], cfg.resolution, cfg.depth, self.device)]
             last = k == cfg.n_critic - 1
-            with torch.set_grad_enabled(last), self._autocast():
-                fakes = G(z)  # on the last critic step the graph is kept for the G update
-            with self._autocast():
-                d_loss, stats = discriminator_loss(cfg.loss, D, reals, fakes, alpha, cfg.gp_lambda, cfg.drift)
+            with torch.set_grad_enabled(last), sp.autocast():
+                fakes = self._G_run(zs[k])  # on the last critic step the graph is kept for the G update
+            with sp.autocast():
+                d_loss, stats = discriminator_loss(cfg.loss, self._D_run, reals, fakes, alphas[k], cfg.gp_lambda,
+                                                   cfg.drift, gp_critic=D)
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_D.step()
 
         # G update: D's weights need no gradient here, which skips D's weight-gradient kernels.
         D.requires_grad_(False)
-        with self._autocast():
-            g_loss = generator_loss(cfg.loss, D, fakes, reals if cfg.loss == "rahinge" else None)
+        with sp.autocast():
+            g_loss = generator_loss(cfg.loss, self._D_run, fakes, reals if cfg.loss == "rahinge" else None)
         self.opt_G.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_G.step()
         D.requires_grad_(True)
         self._update_ema()
+        return torch.stack([stats["d_loss"], g_loss.detach(), stats["gp"], stats["wasserstein"]]).float()
 
+    def _draw_inputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        cfg, b = self.config, self.config.batch_size
+        reals, zs, alphas = [], [], []
+        for _ in range(cfg.n_critic):
+            reals.append(self.loader.next())
+            zs.append(torch.randn(b, cfg.latent_dim, generator=self.noise_rng, device=self.device))
+            alphas.append(torch.rand(b, 1, 1, 1, generator=self.noise_rng, device=self.device))
+        return reals, zs, alphas
+
+    # -- one step: eager or replayed -------------------------------------------------------
+    def _advance(self) -> torch.Tensor:
+        sp = self.speed
+        if sp.cuda_graph and self._graph is None and self._eager_steps >= sp.graph_warmup:
+            self._capture()
+        if self._graph is not None:
+            reals, zs, alphas = self._draw_inputs()
+            for dst, src in zip(self._static[0], reals):
+                dst.copy_(src, non_blocking=True)
+            for dst, src in zip(self._static[1] + self._static[2], zs + alphas):
+                dst.copy_(src)
+            self._graph.replay()
+            losses = self._static_losses.clone()
+        elif sp.cuda_graph:
+            # Warm-up before capture runs on a side stream, as CUDA-graph capture requires.
+            if self._side is None:
+                self._side = torch.cuda.Stream(self.device)
+            side = self._side
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                losses = self._step_math(*self._draw_inputs())
+            torch.cuda.current_stream(self.device).wait_stream(side)
+        else:
+            losses = self._step_math(*self._draw_inputs())
+        self._eager_steps += 1
         self.step += 1
-        values = torch.stack([stats["d_loss"], g_loss.detach().float(), stats["gp"], stats["wasserstein"]])
-        record = dict(zip(HISTORY_KEYS, values.tolist()))  # one device sync per step
-        self.history.append(record)
-        return record
+        self._pending.append(losses)
+        return losses
+
+    def _capture(self) -> None:
+        cfg, b, shape = self.config, self.config.batch_size, self.images.shape[1:]
+        dev = self.device
+        self._static = (
+            [torch.zeros((b, *shape), dtype=torch.uint8, device=dev) for _ in range(cfg.n_critic)],
+            [torch.zeros(b, cfg.latent_dim, device=dev) for _ in range(cfg.n_critic)],
+            [torch.full((b, 1, 1, 1), 0.5, device=dev) for _ in range(cfg.n_critic)],
+        )
+        torch.cuda.synchronize(dev)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):  # records the kernels; nothing is computed until replay
+                self._static_losses = self._step_math(*self._static)
+        except RuntimeError as exc:  # an op this torch cannot capture: stay eager, and say so
+            warnings.warn(f"CUDA-graph capture of the GAN step failed, training eagerly: {exc}", stacklevel=2)
+            self.graph_error = f"{type(exc).__name__}: {exc}"
+            self.speed = dataclasses.replace(self.speed, cuda_graph=False)
+            return
+        self._graph = graph
+
+    def _flush(self) -> None:
+        """Read the losses of the steps since the last read (one device sync)."""
+        if self._pending:
+            rows = torch.stack(self._pending).tolist()
+            self.history.extend(dict(zip(HISTORY_KEYS, row)) for row in rows)
+            self._pending.clear()
+
+    def train_step_on(self, batch_u8: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> dict[str, float]:
+        """One eager step (n_critic = 1) on given inputs: uint8 (B, H, W, 3) reals, latents
+        (B, latent_dim), penalty alphas (B, 1, 1, 1). For checks against another implementation;
+        the data order and noise streams do not advance."""
+        if self.config.n_critic != 1:
+            raise ValueError("train_step_on takes one critic step's inputs")
+        losses = self._step_math([batch_u8.to(self.device)], [z.to(self.device)], [alpha.to(self.device)])
+        self.step += 1
+        self._eager_steps += 1
+        self._pending.append(losses)
+        self._flush()
+        return self.history[-1]
+
+    def train_step(self) -> dict[str, float]:
+        """One step; returns its losses as floats (a device sync: loops use `train`)."""
+        self._advance()
+        self._flush()
+        return self.history[-1]
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        # ema <- beta * ema + (1 - beta) * param, written as a lerp
+        # ema <- beta * ema + (1 - beta) * param, one foreach lerp over all parameters
         weight = 1.0 - self.config.ema_beta
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.lerp_(p, weight)
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), weight)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
     @torch.no_grad()
     def sample_fixed(self) -> list[torch.Tensor]:
         """EMA generator on the fixed latents: CPU float (n, 3, s, s) per scale in [-1, 1]."""
-        with self._autocast():
+        with self.speed.autocast():
             images = self.G_ema(self.fixed_z.to(self.device))
         return [x.float().clamp(-1, 1).cpu().contiguous() for x in images]
 
@@ -169,19 +238,25 @@ class GanTrainer:
               sample_fn: Callable[[int, list[torch.Tensor]], None] | None = None, sample_every: int = 0) -> bool:
         """Train until `self.step == steps` (a total, so a resumed trainer continues).
 
-        Returns True when the target was reached, False when `abort_fn` stopped it. The caller
-        checkpoints the final state itself if it wants one.
+        progress_fn(step, steps, losses) runs every `sync_every` steps and at the end, with the
+        losses of that step. Returns True when the target was reached, False when `abort_fn`
+        stopped it. The caller checkpoints the final state itself if it wants one.
         """
+        every = self.speed.sync_every
         while self.step < steps:
             if abort_fn is not None and abort_fn():
+                self._flush()
                 return False
-            stats = self.train_step()
-            if progress_fn is not None:
-                progress_fn(self.step, steps, stats)
+            self._advance()
+            if self.step % every == 0 or self.step == steps:
+                self._flush()
+                if progress_fn is not None:
+                    progress_fn(self.step, steps, self.history[-1])
             if checkpoint_fn is not None and checkpoint_every > 0 and self.step % checkpoint_every == 0:
                 checkpoint_fn(self)
             if sample_fn is not None and sample_every > 0 and self.step % sample_every == 0:
                 sample_fn(self.step, self.sample_fixed())
+        self._flush()
         return True
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -189,22 +264,22 @@ class GanTrainer:
         return {k: v.detach().cpu().clone() for k, v in self.G_ema.state_dict().items()}
 
     def state_dict(self) -> dict:
-        """Everything to resume bit-for-bit; loads with torch.load(weights_only=True)."""
+        """Everything to resume bit-for-bit (on CPU); loads with torch.load(weights_only=True)."""
+        self._flush()
         history = torch.tensor([[h[k] for k in HISTORY_KEYS] for h in self.history],
                                dtype=torch.float64).reshape(-1, len(HISTORY_KEYS))
-        rng = {"torch_cpu": torch.get_rng_state(), "trainer": self.rng.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
-            "config": self.config.to_dict(),
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "step": self.step, "epoch": self.epoch, "position": self.position,
-            "permutation": self.permutation.clone(), "fixed_z": self.fixed_z.clone(),
-            "rng": rng, "history_keys": list(HISTORY_KEYS), "history": history,
+            "step": self.step, "epoch": self.epoch, "position": self.position, "fixed_z": self.fixed_z.clone(),
+            "rng": {"noise": self.noise_rng.get_state(), "noise_device": self.device.type},
+            "history_keys": list(HISTORY_KEYS), "history": history,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
         if state["config"] != self.config.to_dict():
             raise ValueError("checkpoint was made with a different GAN config")
         self.G.load_state_dict(state["G"])
@@ -212,13 +287,15 @@ class GanTrainer:
         self.G_ema.load_state_dict(state["G_ema"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
-        self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
-        self.permutation = state["permutation"].clone()
+        self._graph, self._eager_steps = None, 0  # the optimizers' state tensors are new: capture again
+        self.step = int(state["step"])
+        self.loader.close()
+        self.loader = self._make_loader(int(state["epoch"]), int(state["position"]))
         self.fixed_z = state["fixed_z"].clone()
-        torch.set_rng_state(state["rng"]["torch_cpu"])
-        self.rng.set_state(state["rng"]["trainer"])
-        cuda_states = state["rng"].get("cuda")
-        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)  # unused by the loop; restored for callers
+        if state["rng"]["noise_device"] == self.device.type:
+            self.noise_rng.set_state(state["rng"]["noise"])
+        else:  # another device's generator state cannot be loaded: a fresh stream, still seeded
+            self.noise_rng.manual_seed(self.config.seed + 1 + self.step)
         keys = state["history_keys"]
+        self._pending.clear()
         self.history = [dict(zip(keys, row)) for row in state["history"].tolist()]

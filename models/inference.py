@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from models.classifier import ResNet18Classifier, preprocess
+from models.device import exact_fp32
 
 __all__ = ["PRECISIONS", "fold_batchnorm", "InferenceModel"]
 
@@ -58,6 +59,8 @@ class InferenceModel:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.device.type == "cuda":
+            return exact_fp32()
         return contextlib.nullcontext()
 
     @torch.inference_mode()

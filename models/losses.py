@@ -62,12 +62,14 @@ def rahinge_g_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
 
 
 def discriminator_loss(kind: str, critic: Critic, reals: Images, fakes: Images, alpha: torch.Tensor,
-                       gp_lambda: float = 10.0, drift: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       gp_lambda: float = 10.0, drift: float = 0.0,
+                       gp_critic: Critic | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Full D loss and detached stats (d_loss, gp, wasserstein, d_real, d_fake).
 
     `fakes` must already be detached from G (or are detached here). D is run on reals, fakes
     and the interpolates separately: minibatch-stddev couples samples, so one concatenated
-    batch would be a different function.
+    batch would be a different function. `gp_critic` (default `critic`) is the same D for the
+    penalty's pass, which needs a double backward: a torch.compile'd `critic` has none.
     """
     fakes = [f.detach() for f in fakes]
     d_real = critic(list(reals)).float()
@@ -80,7 +82,7 @@ def discriminator_loss(kind: str, critic: Critic, reals: Images, fakes: Images, 
         raise ValueError(f"unknown loss {kind!r}")
     gp = torch.zeros((), device=d_real.device)
     if gp_lambda > 0:
-        gp, _ = gradient_penalty(critic, reals, fakes, alpha)
+        gp, _ = gradient_penalty(gp_critic or critic, reals, fakes, alpha)
         loss = loss + gp_lambda * gp
     if drift > 0:  # keeps D(real) from drifting far from 0 (ProGAN)
         loss = loss + drift * d_real.square().mean()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["roc_curve_png", "confusion_matrix_png", "loss_curves_png"]
+__all__ = ["roc_curve_png", "confusion_matrix_png", "loss_curves_png", "sample_grid_png"]
 
 DPI = 100
 
@@ -75,3 +75,19 @@ def loss_curves_png(history: Sequence[dict], keys: Sequence[str] = ("train_loss"
         ax.legend()
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def sample_grid_png(images: list[torch.Tensor]) -> bytes:
+    """One PNG: a row per scale (4 ... 64 px, each shown at 64 px, nearest) of the fixed latents."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    size = images[-1].shape[-1]
+    rows = [torch.nn.functional.interpolate(x, size=(size, size), mode="nearest") for x in images]
+    grid = make_grid(torch.cat(rows), nrow=len(images[0]), padding=2, normalize=True, value_range=(-1, 1))
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()

@@ -22,12 +22,14 @@ LABEL_NAMES = {0: "IDC-", 1: "IDC+"}
 
 def generate_to(folder: Path, generator, label: int, n: int, seed: int, size: int, batch_size: int, device: str,
                 progress_fn: Callable[[int, int], None] | None = None,
-                abort_fn: Callable[[], bool] | None = None, patient: str = "synthetic") -> dict:
+                abort_fn: Callable[[], bool] | None = None, patient: str = "synthetic",
+                precision: str = "auto") -> dict:
     """Stream n samples into a packed dataset at `folder`; memory stays flat whatever n is.
     (The zip of PNGs is encoded when it is downloaded: app/zipstream.py.)"""
     writer = PackedWriter(folder, size)
     done = 0
-    for batch in iter_samples(generator, n, seed, batch_size=batch_size, size=size, device=device):
+    for batch in iter_samples(generator, n, seed, batch_size=batch_size, size=size, device=device,
+                              precision=precision):
         if abort_fn is not None and abort_fn():
             raise JobAborted("cancelled")
         records = np.zeros(len(batch), INDEX_DTYPE)
@@ -39,7 +41,8 @@ def generate_to(folder: Path, generator, label: int, n: int, seed: int, size: in
         done += len(batch)
         if progress_fn is not None:
             progress_fn(done, n)
-    return writer.close({"kind": "synthetic", "seed": seed, "n_edge_patches": 0})
+    return writer.close({"kind": "synthetic", "seed": seed, "n_edge_patches": 0, "precision": precision,
+                         "device": str(device)})
 
 
 def handle_generate(ctx: JobContext) -> Outcome:
@@ -58,7 +61,7 @@ def handle_generate(ctx: JobContext) -> Outcome:
     work.mkdir(parents=True)
     meta = generate_to(work / "dataset", generator, label, n, seed, size, int(p.get("batch_size", 256)), device,
                        progress_fn=lambda d, t: ctx.progress(d, t, "sampling"), abort_fn=ctx.should_abort,
-                       patient=f"synthetic:{p['model_id'][:8]}")
+                       patient=f"synthetic:{p['model_id'][:8]}", precision=p.get("precision", "auto"))
     dataset_id = stable_id(ctx.job_id, "dataset")
     final = ctx.storage.dataset_dir(dataset_id)
     replace_dir_atomic(work / "dataset", final)
@@ -70,7 +73,8 @@ def handle_generate(ctx: JobContext) -> Outcome:
     dataset = Dataset(id=dataset_id, name=p.get("name") or f"synthetic {LABEL_NAMES[label]} x{n} (seed {seed})",
                       kind="synthetic", job_id=ctx.job_id, path=str(final), n_patches=meta["n"], patch_size=size,
                       n_patients=0, n_edge_patches=0, counts={"by_label": meta["by_label"]},
-                      source={"model_id": p["model_id"], "model_version": model_version, "seed": seed, "size": size})
+                      source={"model_id": p["model_id"], "model_version": model_version, "seed": seed, "size": size,
+                              "device": device, "precision": p.get("precision", "auto")})
     result = {"dataset_id": dataset_id, "n": meta["n"], "label": label, "size": size, "seed": seed,
               "model_id": p["model_id"], "zip_artifact_id": zip_id}
     return Outcome(result=result, metrics={"n": meta["n"]}, rows=[dataset])

@@ -3,38 +3,24 @@ checkpointed atomically and resumed from the newest valid checkpoint after a cra
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 from app.db import session_scope
 from app.packed import LabelView, open_patches, read_index
 from app.tables import Dataset, ModelVersion
+from models.gan_speed import TrainSpeed
 from models.gan_trainer import GanTrainer
 from models.msggan import config_from
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
-from worker.figures import loss_curves_png
+from worker.figures import loss_curves_png, sample_grid_png
 from worker.models_store import has_promoted, load_state, next_version, pick_device, save_state
 
 KEEP_CHECKPOINTS = 3
-
-
-def sample_grid_png(images: list[torch.Tensor]) -> bytes:
-    """One PNG: a row per scale (4 ... 64 px, each shown at 64 px, nearest) of the fixed latents."""
-    from PIL import Image
-
-    size = images[-1].shape[-1]
-    rows = [torch.nn.functional.interpolate(x, size=(size, size), mode="nearest") for x in images]
-    grid = make_grid(torch.cat(rows), nrow=len(images[0]), padding=2, normalize=True, value_range=(-1, 1))
-    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _checkpoints(folder: Path, name: str) -> list[Path]:
@@ -70,7 +56,7 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
         name = f"label{label}"
         config = config_from(p["preset"], p.get("overrides") or {})
         view = LabelView(patches, np.flatnonzero(index["label"] == label))
-        trainer = GanTrainer(config, view, device=device)
+        trainer = GanTrainer(config, view, device=device, speed=TrainSpeed.from_dict(p.get("speed")))
         resumed_from = _resume(trainer, ckpt_dir, name)
         started, start_step = time.perf_counter(), trainer.step
 
@@ -90,6 +76,7 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
 
         finished = trainer.train(steps, progress_fn=progress, abort_fn=ctx.should_abort, checkpoint_fn=checkpoint,
                                  checkpoint_every=ckpt_every, sample_fn=samples, sample_every=sample_every)
+        trainer.close()
         if not finished:
             raise JobAborted("cancelled")
         if trainer.step % max(ckpt_every, 1) != 0 or ckpt_every == 0:
@@ -108,6 +95,7 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
         last = history[-1] if history else {}
         metrics[name] = {"step": trainer.step, "resumed_from_step": resumed_from,
                          "s_per_step": round(elapsed / max(trainer.step - start_step, 1), 4),
+                         "speed": trainer.speed.describe(),
                          **{k: round(v, 5) for k, v in last.items()}}
         with session_scope(ctx.db_url) as s:
             version = next_version(s, "generator", label)
