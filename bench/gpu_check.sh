@@ -77,8 +77,8 @@ else
   phase generate 100 $PY bench/generate.py --device cuda --rounds 2 --json
   phase predict 120 $PY bench/predict.py --device cuda --precision fp32 bf16 --rounds 2 --seconds 3 --requests 300 --png .gpu_data/sample.png --json
   phase classifier 90 $PY bench/classifier_speed.py --device cuda --json
-  phase train 200 $PY bench/gpu_train.py --device cuda --preset paper --data .gpu_data/idc_label1.npz --seconds 150 --out "$OUT" --name train
-  phase compile 110 $PY bench/gan_step.py --device cuda --variants graph-bf16,graph-bf16-compile --baselines fp32 --warmup 6 --steps 40 --json
+  phase train 200 $PY bench/gpu_train.py --device cuda --preset paper --data .gpu_data/idc_label1.npz --seconds 140 --out "$OUT" --name train
+  phase compile 90 $PY bench/gan_step.py --device cuda --variants graph-bf16,graph-bf16-compile --baselines fp32 --warmup 6 --steps 40 --json
 fi
 if want estimate && [ -f "$OUT/gan_step.json" ] && [ -f "$OUT/generate.json" ] && [ -f "$OUT/classifier.json" ]; then
   phase estimate 30 $PY bench/paper_estimate.py "$OUT"
