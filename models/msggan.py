@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.conv_grad import conv2d
+
 MIN_CHANNELS = 8
 LRELU_SLOPE = 0.2  # MSG-GAN / ProGAN
 # Table 1 channels, coarsest block first; deeper nets (not in the paper) keep halving.
@@ -92,7 +94,8 @@ class Conv2d(nn.Module):
         if self.up:  # -> (N, cout, 2H, 2W)
             return F.conv_transpose2d(x, fuse_upsample_conv_weight(w).to(x.dtype), self.bias.to(x.dtype),
                                       stride=2, padding=1)
-        return F.conv2d(x, w.to(x.dtype), self.bias.to(x.dtype), padding=self.padding)
+        # models.conv_grad: same function; its double backward (the gradient penalty) is fast
+        return conv2d(x, w, self.bias, self.padding)
 
 
 class Dense(nn.Module):

@@ -180,3 +180,73 @@ def _saved(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def test_batch_order_is_a_function_of_seed_and_epoch(patches):
+    from models.gan_data import BatchLoader, epoch_order
+
+    assert torch.equal(epoch_order(10, 3, 1), epoch_order(10, 3, 1))
+    assert not torch.equal(epoch_order(10, 3, 1), epoch_order(10, 3, 2))
+    assert sorted(epoch_order(10, 3, 1).tolist()) == list(range(10))
+    sync = BatchLoader(patches, 4, seed=3)
+    ahead = BatchLoader(patches, 4, seed=3, ahead=3)
+    seen = []
+    for _ in range(7):  # 2 batches per epoch of 10 (the ragged tail of 2 is dropped): crosses 3 epochs
+        a, b = sync.next(), ahead.next()
+        assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == (4, 50, 50, 3)
+        assert (sync.epoch, sync.position) == (ahead.epoch, ahead.position)
+        seen.append((sync.epoch, sync.position))
+    assert seen == [(0, 4), (0, 8), (1, 4), (1, 8), (2, 4), (2, 8), (3, 4)]
+    first_epoch = epoch_order(10, 3, 0)[:8].numpy()
+    resumed = BatchLoader(patches, 4, seed=3, epoch=0, position=4)  # resume after one batch
+    np.testing.assert_array_equal(resumed.next().numpy(), patches[first_epoch[4:8]])
+    ahead.close()
+
+
+def test_read_ahead_errors_reach_the_trainer(patches):
+    from models.gan_data import BatchLoader
+
+    class Broken:
+        shape, dtype, ndim = patches.shape, patches.dtype, 4
+
+        def __len__(self):
+            return len(patches)
+
+        def __getitem__(self, idx):
+            raise OSError("disk gone")
+
+    loader = BatchLoader(Broken(), 4, seed=0, ahead=2)
+    with pytest.raises(RuntimeError, match="reading a training batch failed"):
+        loader.next()
+    loader.close()
+
+
+def test_speed_options_resolve_per_device_and_reject_unknown_names():
+    from models.gan_speed import TrainSpeed
+
+    cpu = TrainSpeed().resolve(torch.device("cpu"))
+    assert (cpu.bf16, cpu.cuda_graph, cpu.channels_last, cpu.read_ahead, cpu.sync_every) == (False, False, False, 0, 1)
+    gpu = TrainSpeed().resolve(torch.device("cuda"))
+    assert (gpu.bf16, gpu.cuda_graph, gpu.channels_last, gpu.tf32, gpu.read_ahead) == (True, True, True, True, 4)
+    assert TrainSpeed(cuda_graph=True).resolve(torch.device("cpu")).cuda_graph is False  # graphs are CUDA-only
+    with pytest.raises(ValueError, match="unknown speed option"):
+        TrainSpeed.from_dict({"warp": 9})
+    with pytest.raises(ValueError):
+        TrainSpeed(precision="fp8")
+
+
+def test_losses_are_read_every_sync_every_steps(patches):
+    from models.gan_speed import TrainSpeed
+
+    trainer = GanTrainer(config_from("paper", TINY), patches, speed=TrainSpeed(sync_every=3))
+    progress = []
+    trainer.train(7, progress_fn=lambda s, t, stats: progress.append(s))
+    assert progress == [3, 6, 7] and len(trainer.history) == 7
+
+
+def test_checkpoint_of_another_format_is_refused(patches):
+    trainer = tiny_trainer(patches)
+    state = trainer.state_dict()
+    state["format"] = "histosynth.gan/1"
+    with pytest.raises(ValueError, match="not a histosynth.gan/2 checkpoint"):
+        tiny_trainer(patches).load_state_dict(state)
