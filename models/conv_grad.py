@@ -21,14 +21,36 @@ second derivatives out by hand so each term is one of the three standard kernels
 
 `tests/test_conv_grad.py` checks both orders against autograd (gradcheck, gradgradcheck).
 Under autocast the caller casts inputs first (`conv2d`) and the arithmetic runs in that dtype.
+
+A custom Function cannot see which of its gradients a particular backward pass will use:
+`ctx.needs_input_grad` says only what requires grad. The penalty's first pass,
+autograd.grad(D(x_hat), x_hat), uses the input gradients alone, so it runs inside
+`input_grads_only()`, and the weight and bias gradients nobody reads are not computed there
+(PyTorch's own convolution backward skips them the same way).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "input_grads_only"]
+
+# Process-wide, not thread-local: on a GPU the autograd engine runs backward on its own thread.
+_input_grads_only = [0]
+
+
+@contextlib.contextmanager
+def input_grads_only() -> Iterator[None]:
+    """Backward passes run inside compute only input gradients for these convolutions."""
+    _input_grads_only[0] += 1
+    try:
+        yield
+    finally:
+        _input_grads_only[0] -= 1
 
 _aten_backward = torch.ops.aten.convolution_backward.default
 
@@ -51,6 +73,8 @@ class _Conv(torch.autograd.Function):
     def backward(ctx, gy):  # noqa: ANN001, ANN205
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if _input_grads_only[0]:
+            need_w = need_b = False
         grads = iter(_ConvBackward.apply(gy, x, w, ctx.padding, need_x, need_w, need_b))
         return (next(grads) if need_x else None, next(grads) if need_w else None,
                 next(grads) if need_b else None, None)

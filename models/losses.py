@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from models.conv_grad import input_grads_only
+
 Images = Sequence[torch.Tensor]  # one (N, 3, s, s) tensor per scale, coarsest first
 Critic = Callable[[list[torch.Tensor]], torch.Tensor]  # images -> (N, 1)
 
@@ -35,7 +37,8 @@ def gradient_penalty(critic: Critic, reals: Images, fakes: Images,
     """
     x_hat = interpolate_scales(reals, fakes, alpha)
     scores = critic(x_hat)
-    grads = torch.autograd.grad(scores.float().sum(), x_hat, create_graph=True)
+    with input_grads_only():  # this pass needs dD/dx_hat alone (models/conv_grad.py)
+        grads = torch.autograd.grad(scores.float().sum(), x_hat, create_graph=True)
     # ||g||^2 summed over scales == squared norm of the concatenated flattened gradients
     sq = sum(g.float().square().sum(dim=(1, 2, 3)) for g in grads)
     norms = sq.sqrt()

@@ -49,3 +49,26 @@ def test_only_the_needed_gradients_are_computed():
     b = torch.zeros(3)
     conv2d(x, w, b, 1).sum().backward()
     assert w.grad is not None and w.grad.shape == w.shape
+
+
+def test_input_grads_only_skips_weight_gradients_and_keeps_the_penalty_exact():
+    from models.conv_grad import input_grads_only
+
+    g = torch.Generator().manual_seed(1)
+    d = torch.float64
+    x = torch.randn(3, 2, 6, 6, generator=g, dtype=d, requires_grad=True)
+    w = torch.randn(4, 2, 3, 3, generator=g, dtype=d, requires_grad=True)
+    b = torch.zeros(4, dtype=d, requires_grad=True)
+
+    def penalty(only_inputs: bool):
+        w.grad = b.grad = None
+        out = F.leaky_relu(conv2d(x, w, b, 1), 0.2).square().sum()
+        with input_grads_only() if only_inputs else contextlib.nullcontext():
+            (gx,) = torch.autograd.grad(out, x, create_graph=True)
+        gx.square().sum().backward()
+        return w.grad.clone(), b.grad
+
+    import contextlib
+
+    with_flag, without = penalty(True), penalty(False)
+    torch.testing.assert_close(with_flag[0], without[0])
