@@ -109,6 +109,11 @@ def test_generation_and_training_bad_input(service, trained, real_slice, negativ
     odd = {"dataset_id": real_slice, "label": 1, "steps": 2, "overrides": {"colour": 3}}
     assert_problem(c.post("/v1/jobs", json={"kind": "train_gan", "params": odd}), 422, "colour")
     assert_problem(c.post("/v1/jobs", json={"kind": "train_gan", "params": dict(odd, overrides={}, preset="huge")}), 422)
+    speed = dict(odd, overrides={}, speed={"warp_drive": True})
+    assert_problem(c.post("/v1/jobs", json={"kind": "train_gan", "params": speed}), 422, "warp_drive")
+    speed = dict(odd, overrides={}, speed={"precision": "fp8"})
+    assert_problem(c.post("/v1/jobs", json={"kind": "train_gan", "params": speed}), 422, "precision")
+    assert_problem(c.post("/v1/generations", json={"label": "IDC+", "n": 4, "precision": "fp8"}), 422)
 
 
 def test_sigkill_mid_training_resumes_from_last_checkpoint(service, real_slice):
