@@ -24,6 +24,8 @@ from torchmetrics.functional.classification import (
     multiclass_precision, multiclass_recall,
 )
 
+from models.metric_registry import register
+
 __all__ = ["classification_metrics", "AVERAGING", "CLASS_NAMES"]
 
 AVERAGING = "macro"
@@ -97,3 +99,9 @@ def classification_metrics(labels: Any, probs: Any = None, preds: Any = None, th
         fpr, tpr, thresholds = binary_roc(scores, target)
         out["roc"] = {"fpr": _floats(fpr), "tpr": _floats(tpr), "thresholds": [_finite(v) for v in _floats(thresholds)]}
     return out
+
+
+@register("classification", "classification",
+          "Accuracy, macro precision/recall/F1, per-class values, AUC, ROC and confusion matrices (torchmetrics)")
+def _registered(labels: Any, probs: Any = None, preds: Any = None, threshold: float = 0.5, **_: Any) -> dict[str, Any]:
+    return classification_metrics(labels, probs=probs, preds=preds, threshold=threshold)

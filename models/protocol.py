@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.classification_metrics import AVERAGING, CLASS_NAMES, classification_metrics
+from models import metric_registry
+from models.classification_metrics import AVERAGING, CLASS_NAMES
 from models.classifier import (
     AbortFn, ClassifierConfig, ImageSubset, ProgressFn, build_resnet18, predict_proba, train_classifier,
     uses_fast_path,
@@ -186,7 +187,8 @@ def run_four_way(
                 config, ImageSubset(images[train_src], train_idx), labels[train_src][train_idx],
                 row_progress(row, i), abort_fn, device=device)
             probs = predict_proba(model, ImageSubset(images[test_src], test_idx), config.input_size, bs, device)
-        metrics = classification_metrics(labels[test_src][test_idx], probs=probs)
+        metrics = metric_registry.compute(["classification"], labels=labels[test_src][test_idx],
+                                          probs=probs)["classification"]
         src_patients = {"real": patients, "synth": None}
         rows[row] = {
             "title": ROW_TITLES[row],
