@@ -85,6 +85,9 @@ class TrainGanParams(Params):
     steps: int = Field(2000, ge=1, le=10_000_000)
     overrides: dict[str, Any] = Field(default_factory=dict, description="Any GanConfig field")
     speed: dict[str, Any] = Field(default_factory=dict, description="Any TrainSpeed field (precision, cuda_graph, ...)")
+    holdout_fraction: float = Field(0.0, ge=0, lt=1, description="Patients kept out of GAN training (seeded), "
+                                    "recorded on the generator for the audit's holdout")
+    holdout_seed: int = 0
     checkpoint_every: int = Field(500, ge=0)
     sample_every: int = Field(500, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -214,6 +217,23 @@ def check_evaluate(params: EvaluateParams, settings: Settings, session: Session)
     _check_classifier(params)
 
 
+class AuditParams(Params):
+    synthetic_dataset_id: str
+    train_dataset_id: str | None = Field(None, description="Default: the dataset the generator was trained on")
+    holdout_dataset_id: str | None = Field(None, description="Default: the generator's recorded holdout patients")
+    features: Literal["domain", "inception"] = "domain"
+    classifier_model_id: str | None = Field(None, description="domain features: default the promoted classifier")
+    max_samples: int = Field(10_000, ge=10, le=200_000)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def check_audit(params: AuditParams, settings: Settings, session: Session) -> dict[str, Any]:
+    from app.audit_inputs import resolve_audit_inputs
+
+    return resolve_audit_inputs(params, settings, session)
+
+
 @dataclass(frozen=True)
 class KindSpec:
     params: type[Params]
@@ -227,6 +247,7 @@ KINDS: dict[str, KindSpec] = {
     "generate": KindSpec(GenerateParams, check_generate, "Generator -> synthetic dataset + zip of PNGs"),
     "train_classifier": KindSpec(TrainClassifierParams, check_train_classifier, "ResNet18 -> classifier model version"),
     "evaluate": KindSpec(EvaluateParams, check_evaluate, "Four-way real/synthetic protocol (paper Table 3)"),
+    "audit": KindSpec(AuditParams, check_audit, "Fidelity (FID, KID, precision/recall, density/coverage) and memorization"),
 }
 
 

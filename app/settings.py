@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Most images one forward pass takes; requests that arrive while one runs form the next.
     predict_max_batch: int = Field(default=32, ge=1, le=1024)
 
+    # The audit's "inception" features: torchvision's Inception-v3 weights file (nothing is
+    # downloaded); unset: looked for in torch.hub's checkpoints folder.
+    inception_weights: Path | None = None
     log_level: str = "INFO"
 
     @property

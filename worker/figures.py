@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["roc_curve_png", "confusion_matrix_png", "loss_curves_png", "sample_grid_png"]
+__all__ = ["roc_curve_png", "confusion_matrix_png", "loss_curves_png", "sample_grid_png", "distance_histogram_png",
+           "pairs_grid_png"]
 
 DPI = 100
 
@@ -90,4 +91,42 @@ def sample_grid_png(images: list[torch.Tensor]) -> bytes:
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def distance_histogram_png(synthetic: Sequence[float], holdout: Sequence[float], threshold: float,
+                           title: str = "Nearest training patch") -> bytes:
+    """Two distance distributions (synthetic -> train, holdout -> train) and the flag threshold."""
+    import numpy as np
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    both = np.concatenate([np.asarray(synthetic, float), np.asarray(holdout, float)])
+    bins = np.linspace(0.0, float(np.quantile(both, 0.995)) * 1.05 + 1e-9, 60)
+    ax.hist(holdout, bins=bins, alpha=0.55, density=True, label=f"real holdout (n={len(holdout)})")
+    ax.hist(synthetic, bins=bins, alpha=0.55, density=True, label=f"synthetic (n={len(synthetic)})")
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label="flag threshold (holdout 1st pct.)")
+    ax.set_xlabel("distance to the nearest training patch")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def pairs_grid_png(left_u8, right_u8, size: int = 64) -> bytes:  # noqa: ANN001
+    """Two rows of patches, each column a pair (top: synthetic, bottom: its nearest training
+    patch), every patch shown at `size` px."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    def tiles(u8) -> torch.Tensor:  # noqa: ANN001
+        x = torch.as_tensor(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 255.0
+        return torch.nn.functional.interpolate(x, size=(size, size), mode="nearest")
+
+    grid = make_grid(torch.cat([tiles(left_u8), tiles(right_u8)]), nrow=len(left_u8), padding=2, pad_value=1.0)
+    buf = io.BytesIO()
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()

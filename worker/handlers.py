@@ -37,10 +37,17 @@ def _evaluate(ctx: JobContext) -> Outcome:
     return handle_evaluate(ctx)
 
 
+def _audit(ctx: JobContext) -> Outcome:
+    from worker.audit import handle_audit
+
+    return handle_audit(ctx)
+
+
 HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
     "ingest": _ingest,
     "train_gan": _train_gan,
     "generate": _generate,
     "train_classifier": _train_classifier,
     "evaluate": _evaluate,
+    "audit": _audit,
 }

@@ -23,6 +23,19 @@ from worker.models_store import has_promoted, load_state, next_version, pick_dev
 KEEP_CHECKPOINTS = 3
 
 
+def holdout_patients(patients: np.ndarray, fraction: float, seed: int) -> list[str]:
+    """A seeded share of the dataset's patients kept out of GAN training (none for 0), so an
+    audit can compare the generator's samples with patients it never saw."""
+    if fraction <= 0:
+        return []
+    unique = sorted(set(patients.tolist()))
+    k = max(1, round(fraction * len(unique)))
+    if k >= len(unique):
+        raise UserError(f"holdout_fraction={fraction} leaves no patient of {len(unique)} for training")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return sorted(unique[i] for i in order[:k])
+
+
 def _checkpoints(folder: Path, name: str) -> list[Path]:
     return sorted(folder.glob(f"{name}-step*.pt"), key=lambda p: int(p.stem.rsplit("step", 1)[1]), reverse=True)
 
@@ -46,6 +59,8 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
             raise UserError(f"dataset {p['dataset_id']} no longer exists")
         folder = Path(dataset.path)
     patches, index = open_patches(folder), read_index(folder)
+    holdout = holdout_patients(index["patient"], float(p.get("holdout_fraction", 0.0)), int(p.get("holdout_seed", 0)))
+    in_training = ~np.isin(index["patient"], holdout)
     device = pick_device(p.get("device", "auto"))
     labels: list[int] = p["labels"]
     steps, ckpt_every, sample_every = p["steps"], p["checkpoint_every"], p["sample_every"]
@@ -55,7 +70,11 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
     for li, label in enumerate(labels):
         name = f"label{label}"
         config = config_from(p["preset"], p.get("overrides") or {})
-        view = LabelView(patches, np.flatnonzero(index["label"] == label))
+        label_rows = np.flatnonzero((index["label"] == label) & in_training)
+        if len(label_rows) < config.batch_size:
+            raise UserError(f"label {label} keeps {len(label_rows)} patches after the holdout; training needs "
+                            f"batch_size={config.batch_size}")
+        view = LabelView(patches, label_rows)
         trainer = GanTrainer(config, view, device=device, speed=TrainSpeed.from_dict(p.get("speed")))
         resumed_from = _resume(trainer, ckpt_dir, name)
         started, start_step = time.perf_counter(), trainer.step
@@ -102,7 +121,10 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
             promote = not has_promoted(s, "generator", label)
         rows.append(ModelVersion(id=model_id, kind="generator", label=label, version=version, job_id=ctx.job_id,
                                  path=str(path), config={**config.to_dict(), "preset": p["preset"],
-                                                         "dataset_id": p["dataset_id"], "steps": steps},
+                                                         "dataset_id": p["dataset_id"], "steps": steps,
+                                                         "train_patients": sorted(set(index["patient"][label_rows].tolist())),
+                                                         "holdout_patients": holdout,
+                                                         "holdout_fraction": float(p.get("holdout_fraction", 0.0))},
                                  metrics=metrics[name], promoted=promote))
         result_models[str(label)] = model_id
     return Outcome(result={"model_ids": result_models, "dataset_id": p["dataset_id"], "steps": steps,
