@@ -57,11 +57,18 @@ def _as_nchw(images_u8: Any) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def _resized(images_u8: Any, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1], area-resized in blocks (the
+    full-resolution float copy of 10,000 patches alone would be 300 MB)."""
+    blocks = [F.interpolate(_as_nchw(images_u8[i:i + BLOCK]), size=(size, size), mode="area")
+              for i in range(0, len(images_u8), BLOCK)]
+    return torch.cat(blocks) if blocks else torch.empty(0, 3, size, size)
+
+
 def pixel_vectors(images_u8: Any, size: int = 16) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> (N, 3*size*size) in [0, 1], area-resized (patches of 50 and 64 px
     compare on one grid)."""
-    x = _as_nchw(images_u8)
-    return F.interpolate(x, size=(size, size), mode="area").flatten(1)
+    return _resized(images_u8, size).flatten(1)
 
 
 def _dihedral(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -74,7 +81,7 @@ def dihedral_nearest(queries_u8: Any, reference: torch.Tensor, size: int = 16,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest reference pixel vector over the 8 flips/rotations of each query:
     (distance, reference index, which symmetry)."""
-    x = F.interpolate(_as_nchw(queries_u8), size=(size, size), mode="area")
+    x = _resized(queries_u8, size)
     best_d = torch.full((len(x),), math.inf)
     best_i = torch.zeros(len(x), dtype=torch.long)
     best_t = torch.zeros(len(x), dtype=torch.long)
@@ -87,10 +94,13 @@ def dihedral_nearest(queries_u8: Any, reference: torch.Tensor, size: int = 16,
 
 def tissue_fraction(images_u8: Any, white: int = 220, grey: int = 25) -> torch.Tensor:
     """(N,) share of pixels that are tissue: not (all channels >= `white` and max-min < `grey`)."""
-    x = torch.as_tensor(np.ascontiguousarray(images_u8)).to(torch.int16)
-    hi, lo = x.max(dim=-1).values, x.min(dim=-1).values
-    background = (lo >= white) & (hi - lo < grey)
-    return 1.0 - background.float().mean(dim=(1, 2))
+    out = []
+    for i in range(0, len(images_u8), BLOCK):
+        x = torch.as_tensor(np.ascontiguousarray(images_u8[i:i + BLOCK]))
+        hi, lo = x.max(dim=-1).values, x.min(dim=-1).values
+        background = (lo >= white) & ((hi - lo) < grey)
+        out.append(1.0 - background.float().mean(dim=(1, 2)))
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def binomial_sf(k: int, n: int, p: float) -> float:
