@@ -201,6 +201,8 @@ class EvaluateParams(ClassifierParams):
     split_by: Literal["patient", "patch"] = "patient"
     test_fraction: float = Field(0.3, gt=0, lt=1)
     seed: int = 0
+    augment_fraction: float = Field(0.1, ge=0, lt=1, description="Real share for the augmentation rows (0: off)")
+    bootstrap: int = Field(1000, ge=10, le=100_000, description="Bootstrap resamples over test patients")
 
 
 def check_evaluate(params: EvaluateParams, settings: Settings, session: Session) -> None:

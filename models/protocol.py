@@ -7,6 +7,10 @@ Rows (train / test):
 - TRTS: all real / all synthetic.
 - TSTR: all synthetic / all real.
 
+Beside them, with `augment_fraction` > 0 (models/augmentation.py): AUG_REAL, a small real
+fraction of TRTR's training side alone, and AUG_MIX, the same fraction plus all synthetic
+patches, both tested on TRTR's real test patients, and the gain with a bootstrap interval.
+
 Every row trains a fresh classifier from the same config and seed (same initial weights),
 then scores the test side with models.classification_metrics. In frozen mode with the fast
 path, the backbone features of every real and synthetic image are computed once and shared
@@ -31,17 +35,53 @@ from models.classifier import (
     AbortFn, ClassifierConfig, ImageSubset, ProgressFn, build_resnet18, predict_proba, train_classifier,
     uses_fast_path,
 )
+from models.augmentation import bootstrap_gain, small_fraction
 from models.features import extract_features, fit_head, head_proba
 
-__all__ = ["split_indices", "run_four_way", "report_markdown", "ROWS", "PAPER_TABLE3"]
+__all__ = ["split_indices", "run_four_way", "report_markdown", "ROWS", "AUG_ROWS", "PAPER_TABLE3"]
 
 ROWS = ("TRTR", "TSTS", "TRTS", "TSTR")
+AUG_ROWS = ("AUG_REAL", "AUG_MIX")
 ROW_TITLES = {
     "TRTR": "real (70%) / real (30%)",
     "TSTS": "synthetic (70%) / synthetic (30%)",
     "TRTS": "real (all) / synthetic (all)",
     "TSTR": "synthetic (all) / real (all)",
+    "AUG_REAL": "small real fraction / real (30%)",
+    "AUG_MIX": "small real fraction + synthetic (all) / real (30%)",
 }
+
+
+class _Concat:
+    """Several uint8 image arrays seen as one (lazy integer-array indexing), for a training
+    set drawn from two sources. Parts of another patch size (64 px synthetic beside 50 px real)
+    are resized to the first part's size when read (antialiased bilinear, as `preprocess`
+    resizes), so a batch can mix them; the fast path never needs this (it mixes features)."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+        first = parts[0]
+        self.shape = (int(self.offsets[-1]), *first.shape[1:])
+        self.dtype, self.ndim = first.dtype, len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        idx = np.asarray(idx)
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        for k in np.unique(part):
+            where = part == k
+            block = np.asarray(self.parts[k][idx[where] - self.offsets[k]])
+            if block.shape[1:3] != self.shape[1:3]:
+                x = torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2).float()
+                x = torch.nn.functional.interpolate(x, size=self.shape[1:3], mode="bilinear", align_corners=False,
+                                                    antialias=True)
+                block = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            out[where] = block
+        return out
 # Aytar & Gunduc, Table 3 (patch-level 70:30 splits; no AUC in the table).
 PAPER_TABLE3 = {
     "TRTR": {"accuracy": 0.84, "precision": 0.84, "recall": 0.84, "f1": 0.84},
@@ -117,7 +157,8 @@ def run_four_way(
     real_images: Any, real_labels: Any, real_patients: Any, synth_images: Any, synth_labels: Any,
     config: ClassifierConfig, split_by: str = "patient", seed: int = 0, test_fraction: float = 0.3,
     progress_fn: ProgressFn | None = None, abort_fn: AbortFn | None = None, device: str | torch.device = "cpu",
-    model_fn: Callable[[str, nn.Module], None] | None = None,
+    model_fn: Callable[[str, nn.Module], None] | None = None, augment_fraction: float = 0.0,
+    bootstrap: int = 1000,
 ) -> dict[str, Any]:
     """The four rows of Table 3. Images are uint8 (N, H, W, 3) arrays or memmaps (real 50 px and
     synthetic 64 px are both resized to config.input_size by the shared preprocess).
@@ -138,18 +179,23 @@ def run_four_way(
     real_tr, real_te = split_indices(patients, real_labels, test_fraction, split_by, seed)
     synth_tr, synth_te = split_indices(None, synth_labels, test_fraction, "patch", seed)
     all_real, all_synth = np.arange(len(real_labels)), np.arange(len(synth_labels))
-    plan = {  # row: (train source, train idx, test source, test idx)
-        "TRTR": ("real", real_tr, "real", real_te),
-        "TSTS": ("synth", synth_tr, "synth", synth_te),
-        "TRTS": ("real", all_real, "synth", all_synth),
-        "TSTR": ("synth", all_synth, "real", all_real),
+    plan = {  # row: ([(train source, train idx), ...], test source, test idx)
+        "TRTR": ([("real", real_tr)], "real", real_te),
+        "TSTS": ([("synth", synth_tr)], "synth", synth_te),
+        "TRTS": ([("real", all_real)], "synth", all_synth),
+        "TSTR": ([("synth", all_synth)], "real", all_real),
     }
+    if augment_fraction > 0:
+        small = small_fraction(real_labels, real_tr, augment_fraction, seed)
+        plan["AUG_REAL"] = ([("real", small)], "real", real_te)
+        plan["AUG_MIX"] = ([("real", small), ("synth", all_synth)], "real", real_te)
+    row_names = list(plan)
     images = {"real": real_images, "synth": synth_images}
     labels = {"real": real_labels, "synth": synth_labels}
     fast = uses_fast_path(config)
     bs = config.eval_batch_size
     feature_steps = (-(-len(real_labels) // bs) + -(-len(synth_labels) // bs)) if fast else 0
-    total = feature_steps + len(ROWS) * config.epochs
+    total = feature_steps + len(row_names) * config.epochs
     done = {"steps": 0}
 
     def feature_progress(*_: Any) -> None:
@@ -173,31 +219,36 @@ def run_four_way(
         timing["features"] = time.perf_counter() - t0
 
     rows: dict[str, Any] = {}
-    for i, row in enumerate(ROWS):
+    test_probs: dict[str, np.ndarray] = {}
+    for i, row in enumerate(row_names):
         t0 = time.perf_counter()
-        train_src, train_idx, test_src, test_idx = plan[row]
+        train_parts, test_src, test_idx = plan[row]
+        train_labels = np.concatenate([labels[src][idx] for src, idx in train_parts])
         if fast:
             model = copy.deepcopy(base)
-            idx_t = torch.as_tensor(train_idx, device=device)
-            history = fit_head(model, feats[train_src][idx_t], labels[train_src][train_idx], config,
-                               row_progress(row, i), abort_fn)
+            train_feats = torch.cat([feats[src][torch.as_tensor(idx, device=device)] for src, idx in train_parts])
+            history = fit_head(model, train_feats, train_labels, config, row_progress(row, i), abort_fn)
             probs = head_proba(model, feats[test_src][torch.as_tensor(test_idx, device=device)])
         else:
-            model, history = train_classifier(
-                config, ImageSubset(images[train_src], train_idx), labels[train_src][train_idx],
-                row_progress(row, i), abort_fn, device=device)
+            train_images = (ImageSubset(images[train_parts[0][0]], train_parts[0][1]) if len(train_parts) == 1 else
+                            _Concat([ImageSubset(images[src], idx) for src, idx in train_parts]))
+            model, history = train_classifier(config, train_images, train_labels, row_progress(row, i), abort_fn,
+                                              device=device)
             probs = predict_proba(model, ImageSubset(images[test_src], test_idx), config.input_size, bs, device)
+        test_probs[row] = np.asarray(probs)
         metrics = metric_registry.compute(["classification"], labels=labels[test_src][test_idx],
                                           probs=probs)["classification"]
         src_patients = {"real": patients, "synth": None}
+        train_src = "+".join(src for src, _ in train_parts)
+        first_src, first_idx = train_parts[0]
         rows[row] = {
             "title": ROW_TITLES[row],
             "train": train_src, "test": test_src,
-            "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
+            "n_train": int(len(train_labels)), "n_test": int(len(test_idx)),
             "split": {
-                "by": (split_by if train_src == "real" else "patch") if train_src == test_src else "none (all / all)",
-                "seed": seed if train_src == test_src else None,
-                "train": _side_info(labels[train_src], train_idx, src_patients[train_src]),
+                "by": (split_by if first_src == "real" else "patch") if first_src == test_src else "none (all / all)",
+                "seed": seed if first_src == test_src else None,
+                "train": _side_info(labels[first_src], first_idx, src_patients[first_src]),
                 "test": _side_info(labels[test_src], test_idx, src_patients[test_src]),
             },
             "metrics": metrics,
@@ -206,6 +257,12 @@ def run_four_way(
         if model_fn is not None:
             model_fn(row, model)
         timing[row] = time.perf_counter() - t0
+    augmentation = None
+    if augment_fraction > 0:
+        test_patients = patients[real_te] if patients is not None else real_te  # patch split: each patch alone
+        augmentation = {"fraction": augment_fraction, "n_real_small": int(len(plan["AUG_REAL"][0][0][1])),
+                        **bootstrap_gain(real_labels[real_te], test_patients, test_probs["AUG_REAL"],
+                                         test_probs["AUG_MIX"], resamples=bootstrap, seed=seed)}
     timing["total"] = time.perf_counter() - started
     return {
         "protocol": "four_way",
@@ -222,6 +279,7 @@ def run_four_way(
         "n_synthetic": int(len(synth_labels)),
         "averaging": AVERAGING,
         "paper_table3": PAPER_TABLE3,
+        "augmentation": augmentation,
         "timing_s": timing,
     }
 
@@ -255,8 +313,27 @@ def report_markdown(result: dict[str, Any]) -> str:
         cells = [f"{_fmt(m[k])} ({paper[k]:.2f})" for k in ("accuracy", "precision", "recall", "f1")]
         lines.append(f"| {row} | {r['title']} | {r['n_train']} | {r['n_test']} | " + " | ".join(cells)
                      + f" | {_fmt(m['auc'])} |")
+    aug = result.get("augmentation")
+    if aug:
+        lines += ["", "## Does synthetic data help?", "",
+                  f"A classifier on {aug['fraction']:.0%} of TRTR's real training patches ({aug['n_real_small']}) alone, "
+                  "and on the same patches plus every synthetic patch, both tested on TRTR's real test patients. "
+                  f"Gain with a 95% interval from a paired bootstrap over the {aug['n_test_patients']} test patients "
+                  f"({aug['resamples']} resamples).", "",
+                  "| row | train / test | n train | n test | accuracy | precision | recall | F1 | AUC |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in AUG_ROWS:
+            r = result["rows"][row]
+            m = r["metrics"]
+            lines.append(f"| {row} | {r['title']} | {r['n_train']} | {r['n_test']} | "
+                         + " | ".join(_fmt(m[k]) for k in ("accuracy", "precision", "recall", "f1", "auc")) + " |")
+        lines += ["", "| measure | real fraction alone | + synthetic | gain | 95% interval |", "|---|---|---|---|---|"]
+        for key in ("accuracy", "balanced_accuracy"):
+            g = aug[key]
+            lines.append(f"| {key.replace('_', ' ')} | {g['alone']:.3f} | {g['augmented']:.3f} | {g['gain']:+.3f} | "
+                         f"[{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}] |")
     lines += ["", "## Confusion matrices (percent of all test samples; rows true, columns predicted)", ""]
-    for row in ROWS:
+    for row in [r for r in (*ROWS, *AUG_ROWS) if r in result["rows"]]:
         cm = result["rows"][row]["metrics"]["confusion_matrix_percent"]
         lines += [f"**{row}** ({result['rows'][row]['title']})", "",
                   f"| true \\ predicted | {CLASS_NAMES[0]} | {CLASS_NAMES[1]} |", "|---|---|---|"]

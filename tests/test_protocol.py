@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from models.classifier import config_from
-from models.protocol import PAPER_TABLE3, ROWS, report_markdown, run_four_way, split_indices
+from models.augmentation import bootstrap_gain, small_fraction
+from models.protocol import AUG_ROWS, PAPER_TABLE3, ROWS, report_markdown, run_four_way, split_indices
 
 
 def patient_data(seed=0):
@@ -84,3 +85,47 @@ def test_four_way_end_to_end_tiny(fast_path):
         assert f"| {row} |" in report and f"**{row}**" in report
     assert "(0.84)" in report and "(0.76)" in report and "%" in report
     assert PAPER_TABLE3["TSTS"]["accuracy"] == 0.99
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_augmentation_rows_train_on_a_real_fraction_with_and_without_synthetic(fast_path):
+    real, real_labels, real_patients, synth, synth_labels = tiny_sets()
+    cfg = config_from({"weights": "none", "input_size": 32, "epochs": 1, "batch_size": 8, "fast_path": fast_path})
+    result = run_four_way(real, real_labels, real_patients, synth, synth_labels, cfg, split_by="patient", seed=3,
+                          augment_fraction=0.5, bootstrap=200)
+    rows = result["rows"]
+    assert list(rows) == [*ROWS, *AUG_ROWS]
+    small = rows["AUG_REAL"]["n_train"]
+    assert small == rows["AUG_MIX"]["n_train"] - 20  # the same real patches plus all 20 synthetic
+    assert 0 < small < rows["TRTR"]["n_train"]
+    assert rows["AUG_REAL"]["n_test"] == rows["AUG_MIX"]["n_test"] == rows["TRTR"]["n_test"]
+    aug = result["augmentation"]
+    assert aug["n_test_patients"] == len(rows["TRTR"]["split"]["test"]["patients"]) and aug["resamples"] == 200
+    for key in ("accuracy", "balanced_accuracy"):
+        g = aug[key]
+        assert g["gain"] == pytest.approx(g["augmented"] - g["alone"])
+        assert g["ci95"][0] <= g["ci95"][1]
+    report = report_markdown(result)
+    assert "## Does synthetic data help?" in report and "| AUG_MIX |" in report and "**AUG_REAL**" in report
+    json.dumps(result, allow_nan=False)
+
+
+def test_bootstrap_gain_known_cases():
+    labels = np.array([0, 1] * 50)
+    patients = np.repeat(np.arange(10), 10)
+    perfect = labels.astype(float)
+    coin = np.where(np.arange(100) % 4 < 2, 1 - perfect, perfect)  # right on half of each patient's patches
+    same = bootstrap_gain(labels, patients, perfect, perfect, resamples=300)
+    assert same["accuracy"]["gain"] == 0.0 and same["accuracy"]["ci95"] == [0.0, 0.0]
+    better = bootstrap_gain(labels, patients, coin, perfect, resamples=300)
+    assert better["accuracy"]["alone"] == 0.5 and better["accuracy"]["augmented"] == 1.0
+    assert better["accuracy"]["ci95"][0] > 0.3 and better["balanced_accuracy"]["gain"] == pytest.approx(0.5)
+    assert better["n_test_patients"] == 10
+
+
+def test_small_fraction_is_stratified_and_seeded():
+    labels = np.array([0] * 80 + [1] * 20)
+    idx = np.arange(100)
+    pick = small_fraction(labels, idx, 0.1, seed=1)
+    assert (labels[pick] == 0).sum() == 8 and (labels[pick] == 1).sum() == 2
+    assert np.array_equal(pick, small_fraction(labels, idx, 0.1, seed=1))

@@ -162,14 +162,17 @@ def test_evaluate_four_way_on_real_and_synthetic(service, real_dataset):
     assert_problem(c.post("/v1/jobs", json={"kind": "evaluate", "params": dict(params, weights="/no/such.pth")}), 422)
     job = service.wait_job(c.post("/v1/jobs", json={"kind": "evaluate", "params": params}).json()["id"])
     assert job["state"] == "succeeded", job["error"]
-    assert set(job["result"]["table"]) == {"TRTR", "TSTS", "TRTS", "TSTR"}
+    assert set(job["result"]["table"]) == {"TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX"}
+    gain = job["result"]["augmentation"]["accuracy"]
+    assert gain["gain"] == pytest.approx(gain["augmented"] - gain["alone"]) and len(gain["ci95"]) == 2
     names = {a["name"]: a for a in job["artifacts"]}
     for row in ("TRTR", "TSTS", "TRTS", "TSTR"):
         png = c.get(names[f"roc_{row}.png"]["url"])
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     report = c.get(names["report.md"]["url"]).text
-    for row in ("TRTR", "TSTS", "TRTS", "TSTR"):
+    for row in ("TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX"):
         assert row in report
+    assert "Does synthetic data help?" in report
     full = c.get(names["report.json"]["url"]).json()
     trtr = full["rows"]["TRTR"]["split"]
     assert not set(trtr["train"].get("patients", [])) & set(trtr["test"].get("patients", []))

@@ -118,6 +118,7 @@ def handle_evaluate(ctx: JobContext) -> Outcome:
                               LabelView(synth, s_rows), synth_labels[s_rows], config,
                               split_by=p.get("split_by", "patient"), seed=seed,
                               test_fraction=p.get("test_fraction", 0.3), progress_fn=_progress(ctx, "protocol"),
+                              augment_fraction=p.get("augment_fraction", 0.0), bootstrap=p.get("bootstrap", 1000),
                               abort_fn=ctx.should_abort, device=device)
     except TrainingAborted as exc:
         raise JobAborted("cancelled") from exc
@@ -137,5 +138,8 @@ def handle_evaluate(ctx: JobContext) -> Outcome:
     artifacts["report_md"] = ctx.add_artifact("report.md", "text/markdown", report_markdown(result).encode())
     table = {name: {k: row["metrics"].get(k) for k in ("accuracy", "precision", "recall", "f1", "auc")}
              for name, row in result["rows"].items()}
-    return Outcome(result={"table": table, "artifacts": artifacts, "split_by": result["split_by"], "seed": seed},
-                   metrics=table)
+    out = {"table": table, "artifacts": artifacts, "split_by": result["split_by"], "seed": seed}
+    if result.get("augmentation"):
+        out["augmentation"] = {k: result["augmentation"][k] for k in ("accuracy", "balanced_accuracy", "fraction",
+                                                                       "n_test_patients")}
+    return Outcome(result=out, metrics={**table, "augmentation": out.get("augmentation")})
