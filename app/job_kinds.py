@@ -236,6 +236,44 @@ def check_audit(params: AuditParams, settings: Settings, session: Session) -> di
     return resolve_audit_inputs(params, settings, session)
 
 
+class ExperimentParams(ClassifierParams):
+    """The paper's pipeline in one job; the classifier fields are the evaluate step's."""
+
+    dataset_id: str
+    fraction: float = Field(1.0, gt=0, le=1, description="Times the paper's sizes (40,000 / 38,000 per class)")
+    holdout_share: float = Field(0.1, gt=0, lt=0.5, description="Share of each label for the audit's holdout patients")
+    preset: Literal["paper", "cpu-small", "gpu-large"] = "cpu-small"
+    steps: int = Field(2000, ge=1, le=10_000_000, description="GAN steps per generator")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="GanConfig fields")
+    classifier_overrides: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields (lr, seed)")
+    speed: dict[str, Any] = Field(default_factory=dict, description="TrainSpeed fields")
+    augment_fraction: float = Field(0.1, ge=0, lt=1)
+    sample_size: Literal[64, 50] = 64
+    audit_max_samples: int = Field(2000, ge=10, le=200_000)
+    domain_epochs: int = Field(3, ge=1, le=1000, description="Epochs of the audit's domain ResNet18 (64 px, finetune)")
+    seed: int = 0
+
+
+def check_experiment(params: ExperimentParams, settings: Settings, session: Session) -> None:
+    from models.gan_speed import TrainSpeed
+    from models.msggan import config_from
+
+    dataset = _dataset(session, params.dataset_id)
+    if dataset.kind != "real":
+        raise Problem(422, "Not a real dataset", f"Dataset {dataset.id} is {dataset.kind}; an experiment needs an ingested one.")
+    if any(_label_count(dataset, label) == 0 for label in (0, 1)):
+        raise Problem(422, "Dataset needs both labels", f"Dataset {dataset.id} has counts {dataset.counts.get('by_label')}.")
+    if int(dataset.n_patients or 0) < 3:
+        raise Problem(422, "Too few patients", f"Dataset {dataset.id} has {dataset.n_patients} patient(s); the "
+                      "experiment splits patients three ways (GAN training, classification, audit holdout).")
+    try:
+        config_from(params.preset, params.overrides)
+        TrainSpeed.from_dict(params.speed)
+    except (TypeError, ValueError) as exc:
+        raise Problem(422, "Invalid GAN settings", str(exc)) from exc
+    _check_classifier(params.model_copy(update={"overrides": params.classifier_overrides}))
+
+
 @dataclass(frozen=True)
 class KindSpec:
     params: type[Params]
@@ -249,6 +287,7 @@ KINDS: dict[str, KindSpec] = {
     "generate": KindSpec(GenerateParams, check_generate, "Generator -> synthetic dataset + zip of PNGs"),
     "train_classifier": KindSpec(TrainClassifierParams, check_train_classifier, "ResNet18 -> classifier model version"),
     "evaluate": KindSpec(EvaluateParams, check_evaluate, "Four-way real/synthetic protocol (paper Table 3)"),
+    "experiment": KindSpec(ExperimentParams, check_experiment, "The paper's pipeline: split, GANs, samples, evaluate, audit"),
     "audit": KindSpec(AuditParams, check_audit, "Fidelity (FID, KID, precision/recall, density/coverage) and memorization"),
 }
 

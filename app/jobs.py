@@ -49,10 +49,16 @@ def request_hash(kind: str, params: dict[str, Any]) -> str:
 
 
 def create_job(
-    session: Session, kind: str, params: dict[str, Any], *, idempotency_key: str | None = None, max_attempts: int = 3
+    session: Session, kind: str, params: dict[str, Any], *, idempotency_key: str | None = None, max_attempts: int = 3,
+    parent_id: str | None = None, job_id: str | None = None,
 ) -> tuple[Job, bool]:
-    """Insert a queued job. Returns (job, created); same key + same body returns the first job."""
+    """Insert a queued job. Returns (job, created); same key + same body returns the first job.
+    A child job (`parent_id`) may be given a stable `job_id`; creating it again returns it."""
     digest = request_hash(kind, params)
+    if job_id is not None:
+        existing = session.get(Job, job_id)
+        if existing is not None:
+            return existing, False
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
         if existing is not None:
@@ -60,7 +66,9 @@ def create_job(
     # enqueued_at is set here, in the insert, rather than by an UPDATE after sending the
     # message: such an UPDATE would hold the row lock just when the worker tries to claim it.
     job = Job(kind=kind, params=params, idempotency_key=idempotency_key, request_hash=digest,
-              max_attempts=max_attempts, enqueued_at=utcnow())
+              max_attempts=max_attempts, enqueued_at=utcnow(), parent_id=parent_id)
+    if job_id is not None:
+        job.id = job_id
     session.add(job)
     try:
         session.commit()
@@ -88,9 +96,12 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def list_jobs(
-    session: Session, *, kind: str | None = None, state: str | None = None, limit: int = 50, offset: int = 0
+    session: Session, *, kind: str | None = None, state: str | None = None, limit: int = 50, offset: int = 0,
+    parent_id: str | None = None,
 ) -> tuple[list[Job], int]:
     query = select(Job)
+    if parent_id:
+        query = query.where(Job.parent_id == parent_id)
     if kind:
         query = query.where(Job.kind == kind)
     if state:
@@ -187,8 +198,22 @@ def release(session: Session, job_id: str, owner: str) -> bool:
     return res.rowcount == 1
 
 
+def children(session: Session, job_id: str) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.parent_id == job_id).order_by(Job.created_at, Job.id)).all())
+
+
 def request_cancel(session: Session, job_id: str) -> Job:
-    """Queued jobs are cancelled at once; running ones are asked to stop at their next check."""
+    """Queued jobs are cancelled at once; running ones are asked to stop at their next check.
+    A parent's unfinished children are cancelled with it."""
+    job = _cancel_one(session, job_id)
+    for child in children(session, job_id):
+        if child.state not in FINAL_STATES:
+            _cancel_one(session, child.id)
+    session.refresh(job)
+    return job
+
+
+def _cancel_one(session: Session, job_id: str) -> Job:
     job = get_job(session, job_id)
     if job.state in FINAL_STATES:
         raise InvalidTransition(f"Job {job_id} is already {job.state}.")
@@ -201,7 +226,7 @@ def request_cancel(session: Session, job_id: str) -> Job:
         res = session.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(cancel_requested=True))
     session.commit()
     if res.rowcount != 1:  # it moved between our read and our write: try again on the new state
-        return request_cancel(session, job_id)
+        return _cancel_one(session, job_id)
     session.refresh(job)
     return job
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
-from app.api.routes import artifacts, datasets, generations, health, jobs, models, predictions, uploads
+from app.api.routes import artifacts, datasets, experiments, generations, health, jobs, models, predictions, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.settings import Settings, get_settings
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.predictor = Predictor(settings)
     problems.install(app)
-    for module in (jobs, generations, predictions, datasets, models, artifacts, uploads, health):
+    for module in (jobs, generations, experiments, predictions, datasets, models, artifacts, uploads, health):
         app.include_router(module.router)
 
     collector = JobStateCollector(settings.resolved_database_url)

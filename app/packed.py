@@ -78,6 +78,19 @@ def summarize(index: np.ndarray) -> dict[str, Any]:
     }
 
 
+def write_subset(source: Path, rows: np.ndarray, dest: Path, extra_meta: dict[str, Any] | None = None,
+                 chunk: int = 4096) -> dict[str, Any]:
+    """A new packed dataset at `dest` (a staging folder) holding `rows` of the one at `source`,
+    copied in chunks (memory stays flat)."""
+    patches, index = open_patches(source), read_index(source)
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    writer = PackedWriter(dest, int(read_meta(source)["size"]))
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        writer.append(np.asarray(patches[part]), index[part])
+    return writer.close(extra_meta)
+
+
 def open_patches(folder: Path) -> np.memmap:
     meta = read_meta(folder)
     n, size = meta["n"], meta["size"]

@@ -84,6 +84,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # A child of a composite job (an experiment's train_gan, generate, evaluate, audit steps).
+    parent_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("jobs.id"), index=True)
 
     __table_args__ = (
         Index("ix_jobs_state_created", "state", "created_at"),

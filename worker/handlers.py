@@ -43,6 +43,12 @@ def _audit(ctx: JobContext) -> Outcome:
     return handle_audit(ctx)
 
 
+def _experiment(ctx: JobContext) -> Outcome:
+    from worker.experiment import handle_experiment
+
+    return handle_experiment(ctx)
+
+
 HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
     "ingest": _ingest,
     "train_gan": _train_gan,
@@ -50,4 +56,5 @@ HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
     "train_classifier": _train_classifier,
     "evaluate": _evaluate,
     "audit": _audit,
+    "experiment": _experiment,
 }

@@ -13,7 +13,7 @@ from app.tables import Artifact, Checkpoint, Dataset, Job, ModelVersion
 
 
 class JobCreate(BaseModel):
-    kind: str = Field(description="ingest, train_gan, generate, train_classifier, evaluate")
+    kind: str = Field(description="ingest, train_gan, generate, train_classifier, evaluate, audit, experiment")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -39,10 +39,20 @@ class CheckpointPublic(BaseModel):
     created_at: datetime
 
 
+class ChildPublic(BaseModel):
+    id: str
+    kind: str
+    state: str
+    progress: Progress
+    url: str
+
+
 class JobPublic(BaseModel):
     id: str
     kind: str
     state: str
+    parent_id: str | None = None
+    children: list[ChildPublic] = Field(default_factory=list, description="an experiment's steps, in order")
     params: dict[str, Any]
     progress: Progress
     error: str | None
@@ -103,12 +113,22 @@ def artifact_public(a: Artifact) -> ArtifactPublic:
                           url=f"/v1/artifacts/{a.id}")
 
 
+def _progress(job: Job) -> Progress:
+    total = job.progress_total or 0
+    return Progress(current=job.progress_current, total=total,
+                    fraction=(job.progress_current / total) if total else None, message=job.progress_message)
+
+
 def job_public(session: Session, job: Job) -> JobPublic:
+    from app.jobs import children
+
+    kids = [ChildPublic(id=c.id, kind=c.kind, state=c.state, progress=_progress(c), url=f"/v1/jobs/{c.id}")
+            for c in children(session, job.id)]
     artifacts = session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at, Artifact.name)).all()
     checkpoints = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step)).all()
     total = job.progress_total or 0
     return JobPublic(
-        id=job.id, kind=job.kind, state=job.state, params=job.params,
+        id=job.id, kind=job.kind, state=job.state, params=job.params, parent_id=job.parent_id, children=kids,
         progress=Progress(current=job.progress_current, total=total,
                           fraction=(job.progress_current / total) if total else None, message=job.progress_message),
         error=job.error, result=job.result or {}, metrics=job.metrics or {},

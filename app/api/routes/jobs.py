@@ -34,10 +34,11 @@ def list_jobs(
     session: SessionDep,
     kind: str | None = None,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(JOB_STATES) + ")$")] = None,
+    parent_id: Annotated[str | None, Query(max_length=32, description="children of this job")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobList:
-    rows, count = jobs.list_jobs(session, kind=kind, state=state, limit=limit, offset=offset)
+    rows, count = jobs.list_jobs(session, kind=kind, state=state, limit=limit, offset=offset, parent_id=parent_id)
     return JobList(data=[job_public(session, j) for j in rows], count=count)
 
 

@@ -1,0 +1,133 @@
+"""Which GAN preset draws better IDC+ patches at CPU scale? Domain FID on held-out patients.
+
+    python bench/preset_fid.py --steps 2000 --configs cpu-small cpu-small:'{"width": 0.0625}' --json
+
+One run, on the shared data: patients split (seeded) into training (80%) and holdout (20%)
+groups; a ResNet18 trained on the training patients (both labels, 64 px, weights none,
+finetune; cached under --cache) gives the domain features; then for every config, in turn and
+in this same process: an MSG-GAN trained on the training patients' IDC+ patches for --steps,
+--n samples of its EMA generator, and the audit's fidelity metrics of those samples against the
+holdout patients' IDC+ patches, beside the real floor (training patches against the same
+holdout). A config is `preset` or `preset:{json overrides}`. Each config's sample grid is
+written to --out. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from models import metric_registry  # noqa: E402
+from models.audit import sample_rows  # noqa: E402
+from models.classifier import classifier_state, config_from as classifier_config, load_classifier, train_classifier  # noqa: E402
+from models.feature_extractors import domain_extractor  # noqa: E402
+from models.fidelity import FEATURE_METRICS  # noqa: E402
+from models.gan_trainer import GanTrainer  # noqa: E402
+from models.msggan import config_from  # noqa: E402
+from models.sampling import build_generator_from_state, iter_samples  # noqa: E402
+from worker.figures import sample_grid_png  # noqa: E402
+from worker.idc_layout import decode_chunk, scan  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "IDC_regular_ps50_idx5"
+
+
+def load(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cands = scan(data)[0]
+    patches, _, failures = decode_chunk([c.path for c in cands])
+    if failures:
+        raise SystemExit(f"{len(failures)} patches failed to decode")
+    return patches, np.array([c.label for c in cands]), np.array([c.patient for c in cands])
+
+
+def split_patients(patients: np.ndarray, holdout: float, seed: int) -> np.ndarray:
+    unique = np.array(sorted(set(patients.tolist())))
+    held = unique[np.random.default_rng(seed).permutation(len(unique))[:max(1, round(holdout * len(unique)))]]
+    return np.isin(patients, held)
+
+
+def domain_classifier(patches, labels, cache: Path, key: str, epochs: int):  # noqa: ANN001, ANN201
+    path = cache / f"domain_{key}.pt"
+    if not path.is_file():
+        cfg = classifier_config({"weights": "none", "mode": "finetune", "input_size": 64, "epochs": epochs,
+                                 "batch_size": 64, "seed": 0})
+        model, _ = train_classifier(cfg, patches, labels)
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(classifier_state(model, cfg), path)
+    model, cfg = load_classifier(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return domain_extractor(model, cfg.input_size, {"model": path.name, "sha256": digest})
+
+
+def parse_config(text: str) -> tuple[str, dict]:
+    preset, _, overrides = text.partition(":")
+    return preset, (json.loads(overrides) if overrides else {})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=["cpu-small"])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--n", type=int, default=2000, help="synthetic samples per config")
+    ap.add_argument("--holdout", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classifier-epochs", type=int, default=3)
+    ap.add_argument("--classifier-patches", type=int, default=6000, help="training patches for the domain ResNet18")
+    ap.add_argument("--cache", type=Path, default=ROOT / "var" / "bench_cache")
+    ap.add_argument("--out", type=Path, default=ROOT / "var" / "preset_fid")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    patches, labels, patients = load(args.data)
+    held = split_patients(patients, args.holdout, args.seed)
+    train_rows, hold_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    t0 = time.perf_counter()
+    cls_rows = train_rows[sample_rows(len(train_rows), args.classifier_patches, args.seed)]
+    extractor = domain_classifier(patches[cls_rows], labels[cls_rows], args.cache,
+                                  f"s{args.seed}_h{args.holdout}_e{args.classifier_epochs}_n{len(cls_rows)}",
+                                  args.classifier_epochs)
+    log(f"domain classifier ready in {time.perf_counter() - t0:.0f} s")
+    gan_train = patches[train_rows[labels[train_rows] == 1]]
+    holdout = patches[hold_rows[labels[hold_rows] == 1]]
+    hold_feats = extractor(holdout)
+    floor_feats = extractor(gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed)])
+    floor = metric_registry.compute(list(FEATURE_METRICS), real=hold_feats, fake=floor_feats, seed=args.seed)
+    result = {"bench": "preset_fid", "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
+              "n_gan_train": len(gan_train), "holdout_patients": int(len(set(patients[held].tolist()))),
+              "features": extractor.identity, "real_floor": floor, "configs": {}}
+    log(f"real floor: FID {floor['fid']['fid']:.2f}")
+    for text in args.configs:
+        preset, overrides = parse_config(text)
+        config = config_from(preset, overrides)
+        t0 = time.perf_counter()
+        trainer = GanTrainer(config, gan_train)
+        trainer.train(args.steps)
+        train_s = time.perf_counter() - t0
+        G = build_generator_from_state(config.to_dict(), trainer.ema_generator_state())
+        fake = np.concatenate(list(iter_samples(G, args.n, seed=args.seed, size=50)))
+        metrics = metric_registry.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
+        name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
+        (args.out / f"{name}.png").write_bytes(sample_grid_png(trainer.sample_fixed()))
+        result["configs"][text] = {"metrics": metrics, "train_s": round(train_s, 1),
+                                   "s_per_step": round(train_s / args.steps, 4), "grid": f"{name}.png",
+                                   "last_losses": trainer.history[-1]}
+        log(f"{text}: FID {metrics['fid']['fid']:.2f} (floor {floor['fid']['fid']:.2f}), "
+            f"density {metrics['density_coverage']['density']:.3f}, coverage {metrics['density_coverage']['coverage']:.3f}, "
+            f"{train_s:.0f} s")
+        (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The experiment job over REST: the paper's pipeline from one POST, its children, cancel
+cascade, and resume after the worker is killed mid-experiment."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import copy_patches
+from tests.test_service_ingest import assert_problem
+
+pytestmark = pytest.mark.integration
+TINY_GAN = {"width": 1 / 32, "latent_dim": 32, "batch_size": 8, "fixed_samples": 4}
+PATIENTS = ["10255", "10273", "10275", "10290", "10292", "10299", "10301", "10302", "10305", "10308"]
+CHILD_KINDS = ["train_gan", "generate", "generate", "train_classifier", "evaluate", "audit", "audit"]
+
+
+@pytest.fixture(scope="module")
+def real_dataset(service, shared_data, tmp_path_factory):
+    root = copy_patches(shared_data, tmp_path_factory.mktemp("exp_slice"), PATIENTS, per_label=24)
+    job = service.wait_job(service.client.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(root)}}).json()["id"])
+    assert job["state"] == "succeeded", job["error"]
+    return job["result"]["dataset_id"]
+
+
+def experiment(dataset_id: str, steps: int = 3) -> dict:
+    return {"dataset_id": dataset_id, "fraction": 0.0015, "holdout_share": 0.2, "steps": steps,
+            "overrides": TINY_GAN, "weights": "none", "mode": "finetune", "epochs": 1, "input_size": 32,
+            "domain_epochs": 1, "audit_max_samples": 200, "augment_fraction": 0.3}
+
+
+def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
+    c = service.client
+    resp = c.post("/v1/experiments", json=experiment(real_dataset))
+    assert resp.status_code == 202, resp.text
+    job = service.wait_job(resp.json()["id"], timeout=600)
+    assert job["state"] == "succeeded", job["error"]
+    kids = job["children"]
+    assert [k["kind"] for k in kids] == CHILD_KINDS and all(k["state"] == "succeeded" for k in kids)
+    listed = c.get("/v1/jobs", params={"parent_id": job["id"]}).json()
+    assert listed["count"] == len(CHILD_KINDS) and all(j["parent_id"] == job["id"] for j in listed["data"])
+    parts = job["result"]["parts"]
+    assert set(parts) == {"gan", "classify", "holdout"}
+    patients = [set(c.get(f"/v1/datasets/{p['dataset_id']}").json()["source"]["patients"]) for p in parts.values()]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    for part in parts.values():
+        assert part["by_label"].get("0", 0) > 0 and part["by_label"].get("1", 0) > 0
+    assert set(job["result"]["table"]) >= {"TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX"}
+    assert set(job["result"]["audit"]) == {"0", "1"}
+    gan_job = c.get(f"/v1/jobs/{job['result']['children']['train_gan']}").json()
+    assert gan_job["params"]["dataset_id"] == parts["gan"]["dataset_id"]
+    names = {a["name"]: a for a in job["artifacts"]}
+    report = c.get(names["report.md"]["url"]).text
+    for section in ("Patients, split three ways", "beside the paper's Table 3", "Does synthetic data help?",
+                    "## Audit", "## Steps (child jobs)", "TSTR"):
+        assert section in report
+    assert c.get(names["report.json"]["url"]).json()["generators"] == job["result"]["generators"]
+
+
+def test_experiment_params_are_checked(service, real_dataset):
+    c = service.client
+    assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "dataset_id": "nope"}), 422)
+    assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "fraction": 0}), 422)
+    assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "overrides": {"colour": 1}}), 422, "colour")
+    assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "weights": "/no/file.pth"}), 422)
+
+
+def wait_for(service, job_id, predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = service.client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def test_cancelling_the_experiment_cancels_its_children(service, real_dataset):
+    c = service.client
+    job_id = c.post("/v1/experiments", json=experiment(real_dataset, steps=3000)).json()["id"]
+    wait_for(service, job_id, lambda j: j["children"] and j["children"][0]["state"] == "running")
+    assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    job = service.wait_job(job_id, timeout=120)
+    assert job["state"] == "cancelled"
+    assert [k["state"] for k in job["children"]] == ["cancelled"]  # no later step was started
+
+
+def test_killed_worker_resumes_the_experiment_at_the_running_child(service, real_dataset):
+    c = service.client
+    job_id = c.post("/v1/experiments", json=experiment(real_dataset, steps=300)).json()["id"]
+
+    def gan_checkpointed(j):
+        if not j["children"]:
+            return False
+        gan = c.get(j["children"][0]["url"]).json()
+        return bool(gan["checkpoints"]) and gan["progress"]["current"] > gan["checkpoints"][-1]["step"]
+
+    wait_for(service, job_id, gan_checkpointed)
+    (worker,) = [w for w in service.workers if w.poll() is None]
+    service.kill_worker(worker)
+    service.start_worker()
+    job = service.wait_job(job_id, timeout=900)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["attempts"] == 2
+    assert [k["kind"] for k in job["children"]] == CHILD_KINDS  # the children were found again, not repeated
+    gan = c.get(job["children"][0]["url"]).json()
+    assert gan["attempts"] == 2
+    assert gan["metrics"]["label0"]["resumed_from_step"] > 0  # label 0 trains first: it was mid-way at the kill
+    datasets = [d for d in c.get("/v1/datasets", params={"limit": 500}).json()["data"] if d["job_id"] == job_id]
+    assert len(datasets) == 3  # the three parts, written once

@@ -1,0 +1,167 @@
+"""The experiment job: the paper's whole pipeline from one POST.
+
+1. split the real dataset's patients into GAN-training, classification and audit-holdout
+   parts (models/experiment_plan.py), each written as a dataset of its own;
+2. train_gan on the GAN part (one generator per label);
+3. generate, per label, as many patches as the classification part holds;
+4. train_classifier on the classification part: the audit's domain feature extractor;
+5. evaluate: the four-way protocol (and the augmentation rows) on the classification part
+   against the synthetic sets;
+6. audit, per label, against the holdout patients;
+7. one report beside the paper's Table 3.
+
+Steps 2-6 are ordinary jobs, children of the experiment (`parent_id`), with stable ids. The
+experiment runs each in its own process (no second worker needed) unless another worker
+already has it; after a crash the re-run experiment finds the children that finished, and the
+one that was running resumes as any job does (train_gan from its checkpoints). Cancelling
+the experiment cancels its unfinished children (app/jobs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from app import jobs
+from app.db import session_scope
+from app.job_kinds import validate_params
+from app.packed import read_index, write_subset
+from app.problems import Problem
+from app.storage import replace_dir_atomic
+from app.tables import Dataset, Job
+from models.experiment_plan import part_targets, split_patients
+from worker.context import JobAborted, JobContext, Outcome, UserError, run_job, stable_id
+from worker.experiment_report import experiment_markdown
+
+STEPS = ("split", "train_gan", "generate_0", "generate_1", "domain_classifier", "evaluate", "audit_0", "audit_1",
+         "report")
+
+
+def _split(ctx: JobContext) -> dict[str, str]:
+    """The three part datasets (ids derive from the job id: a re-run finds them)."""
+    p = ctx.params
+    with session_scope(ctx.db_url) as s:
+        source = s.get(Dataset, p["dataset_id"])
+        if source is None:
+            raise UserError(f"dataset {p['dataset_id']} no longer exists")
+        folder, name = source.path, source.name
+    index = read_index(folder)
+    available = {label: int((index["label"] == label).sum()) for label in (0, 1)}
+    targets = part_targets(available, float(p.get("fraction", 1.0)), float(p.get("holdout_share", 0.1)))
+    parts = split_patients(index["patient"], index["label"], targets, seed=int(p.get("seed", 0)))
+    empty = [part for part, patients in parts.items() if not patients]
+    if empty:
+        raise UserError(f"the dataset's patients do not fill every part (empty: {empty}); use a dataset with more patients")
+    ids = {}
+    for part, patients in parts.items():
+        dataset_id = ids[part] = stable_id(ctx.job_id, "dataset", part)
+        with session_scope(ctx.db_url) as s:
+            if s.get(Dataset, dataset_id) is not None:
+                continue
+        rows = np.flatnonzero(np.isin(index["patient"], patients))
+        staging = ctx.work_dir() / f"part-{part}"
+        meta = write_subset(folder, rows, staging, {"kind": "real", "parent_dataset": p["dataset_id"], "part": part})
+        final = ctx.storage.dataset_dir(dataset_id)
+        replace_dir_atomic(staging, final)
+        with session_scope(ctx.db_url) as s:
+            s.merge(Dataset(id=dataset_id, name=f"{name} / {part} part (experiment {ctx.job_id[:8]})", kind="real",
+                            job_id=ctx.job_id, path=str(final), n_patches=meta["n"], patch_size=meta["size"],
+                            n_patients=meta["n_patients"], n_edge_patches=0,
+                            counts={"by_label": meta["by_label"], "by_patient": meta["by_patient"]},
+                            source={"parent_dataset": p["dataset_id"], "part": part, "patients": patients,
+                                    "targets": {str(k): v for k, v in targets[part].items()}}))
+    return ids
+
+
+def _child(ctx: JobContext, step: str, kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Create (once) and run, or wait for, the child job of `step`; its result."""
+    child_id = stable_id(ctx.job_id, "child", step)
+    with session_scope(ctx.db_url) as s:
+        if s.get(Job, child_id) is None:
+            try:
+                params = validate_params(kind, raw, ctx.settings, s)
+            except Problem as exc:
+                raise UserError(f"step {step}: {exc.title}: {exc.detail}") from exc
+            jobs.create_job(s, kind, params, parent_id=ctx.job_id, job_id=child_id)
+    from worker.handlers import HANDLERS
+
+    while True:
+        ctx.check_abort()
+        with session_scope(ctx.db_url) as s:
+            row = s.get(Job, child_id)
+            state, result, error = row.state, dict(row.result or {}), row.error
+        if state == "succeeded":
+            return result
+        if state == "failed":
+            raise UserError(f"step {step} ({kind} job {child_id}) failed: {error}")
+        if state == "cancelled":
+            raise JobAborted("cancelled")
+        if state == "queued":
+            run_job(ctx.settings, child_id, HANDLERS)  # here, in this worker (a no-op if another claims it first)
+        else:
+            time.sleep(1.0)  # another worker runs it
+
+
+def handle_experiment(ctx: JobContext) -> Outcome:
+    p = ctx.params
+    total = len(STEPS)
+    progress = (lambda i, msg: ctx.progress(i, total, msg, force=True))
+    progress(0, "splitting patients")
+    parts = _split(ctx)
+    classifier = {k: p[k] for k in ("weights", "mode", "epochs", "input_size", "device") if k in p}
+    classifier["overrides"] = p.get("classifier_overrides", {})
+    if p.get("max_per_class"):
+        classifier["max_per_class"] = p["max_per_class"]
+    progress(1, "train_gan")
+    gan = _child(ctx, "train_gan", "train_gan", {
+        "dataset_id": parts["gan"], "label": "both", "preset": p.get("preset", "cpu-small"), "steps": p["steps"],
+        "overrides": p.get("overrides", {}), "speed": p.get("speed", {}), "device": p.get("device", "auto"),
+        "checkpoint_every": max(1, min(500, p["steps"] // 4)), "sample_every": 0})
+    with session_scope(ctx.db_url) as s:
+        cls_counts = s.get(Dataset, parts["classify"]).counts["by_label"]
+    synthetic = {}
+    for label in (0, 1):
+        progress(2 + label, f"generate label {label}")
+        n = min(int(cls_counts.get(str(label), 0)), ctx.settings.max_generate_n)
+        synthetic[label] = _child(ctx, f"generate_{label}", "generate", {
+            "label": label, "n": max(n, 1), "model_id": gan["model_ids"][str(label)], "seed": p.get("seed", 0),
+            "size": p.get("sample_size", 64), "device": p.get("device", "auto")})["dataset_id"]
+    progress(4, "domain classifier for the audit")
+    domain = _child(ctx, "domain_classifier", "train_classifier", {
+        "dataset_id": parts["classify"], "weights": "none", "mode": "finetune", "input_size": 64,
+        "epochs": p.get("domain_epochs", 3), "overrides": {"batch_size": 64, "seed": p.get("seed", 0)},
+        "device": p.get("device", "auto")})
+    progress(5, "evaluate")
+    evaluate = _child(ctx, "evaluate", "evaluate", {
+        **classifier, "real_dataset_id": parts["classify"], "synthetic_dataset_ids": [synthetic[0], synthetic[1]],
+        "seed": p.get("seed", 0), "augment_fraction": p.get("augment_fraction", 0.1)})
+    audits = {}
+    for label in (0, 1):
+        progress(6 + label, f"audit label {label}")
+        audits[label] = _child(ctx, f"audit_{label}", "audit", {
+            "synthetic_dataset_id": synthetic[label], "holdout_dataset_id": parts["holdout"],
+            "classifier_model_id": domain["model_id"], "max_samples": p.get("audit_max_samples", 2000),
+            "seed": p.get("seed", 0), "device": p.get("device", "auto")})
+    progress(8, "report")
+    with session_scope(ctx.db_url) as s:
+        part_info = {part: {"dataset_id": ds, "n": s.get(Dataset, ds).n_patches,
+                            "by_label": s.get(Dataset, ds).counts["by_label"],
+                            "patients": len(s.get(Dataset, ds).source["patients"])} for part, ds in parts.items()}
+        child_ids = {c.kind + ("" if c.kind not in ("generate", "audit") else f"_{c.params['label']}"): c.id
+                     for c in jobs.children(s, ctx.job_id)}
+    summary = {"parts": part_info, "generators": gan["model_ids"], "synthetic_datasets": synthetic,
+               "domain_classifier": domain["model_id"], "table": evaluate["table"],
+               "augmentation": evaluate.get("augmentation"),
+               "audit": {str(label): audits[label]["summary"] for label in (0, 1)}, "children": child_ids,
+               "evaluate_report_artifact": (evaluate.get("artifacts") or {}).get("report_md"),
+               "params": {k: p[k] for k in ("fraction", "preset", "steps", "epochs", "seed") if k in p}}
+    ctx.add_artifact("report.json", "application/json", json.dumps(summary, indent=1).encode())
+    ctx.add_artifact("report.md", "text/markdown", experiment_markdown(summary).encode())
+    progress(9, "done")
+    metrics = {"table": summary["table"], "augmentation": summary["augmentation"],
+               "audit": {k: {"fidelity": v["fidelity"], "flagged_fraction": v["flagged_fraction"]}
+                         for k, v in summary["audit"].items()}}
+    return Outcome(result=summary, metrics=metrics)
