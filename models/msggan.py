@@ -74,24 +74,29 @@ def fuse_upsample_conv_weight(w: torch.Tensor) -> torch.Tensor:
 class Conv2d(nn.Module):
     """Conv with bias; He init, or equalized learning rate (weights ~ N(0,1), scaled at run time).
 
-    up=True means "nearest upsample x2, then this conv", computed fused (see above).
+    up="nearest" (or True) means "nearest upsample x2, then this conv", computed fused (see above);
+    up="bilinear" upsamples bilinearly first (smoother; not fusable into one transposed conv).
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, *, gain: float = math.sqrt(2),
-                 equalized: bool = True, padding: int | None = None, up: bool = False) -> None:
+                 equalized: bool = True, padding: int | None = None, up: bool | str = False) -> None:
         super().__init__()
         he_std = gain / math.sqrt(cin * kernel * kernel)
         self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel) * (1.0 if equalized else he_std))
         self.bias = nn.Parameter(torch.zeros(cout))
         self.scale = he_std if equalized else 1.0
         self.padding = kernel // 2 if padding is None else padding
-        self.up = up
-        if up and kernel != 3:
+        self.up = "nearest" if up is True else (up or None)
+        if self.up not in (None, "nearest", "bilinear"):
+            raise ValueError(f"up must be 'nearest' or 'bilinear', got {up!r}")
+        if self.up == "nearest" and kernel != 3:
             raise ValueError("the fused upsample conv is for 3x3 kernels")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, cin, H, W)
         w = self.weight * self.scale if self.scale != 1.0 else self.weight
-        if self.up:  # -> (N, cout, 2H, 2W)
+        if self.up == "bilinear":  # -> (N, cout, 2H, 2W)
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        elif self.up:  # -> (N, cout, 2H, 2W)
             return F.conv_transpose2d(x, fuse_upsample_conv_weight(w).to(x.dtype), self.bias.to(x.dtype),
                                       stride=2, padding=1)
         # models.conv_grad: same function; its double backward (the gradient penalty) is fast
@@ -146,7 +151,7 @@ class Generator(nn.Module):
     """
 
     def __init__(self, latent_dim: int = 512, width: float = 1.0, depth: int = 5,
-                 equalized_lr: bool = True, pixel_norm: bool = True) -> None:
+                 equalized_lr: bool = True, pixel_norm: bool = True, upsample: str = "nearest") -> None:
         super().__init__()
         self.latent_dim, self.depth, self.pixel_norm = latent_dim, depth, pixel_norm
         ch = block_channels(depth, width)
@@ -156,7 +161,7 @@ class Generator(nn.Module):
         self.project = LatentProjection(latent_dim, ch[0], **eq)
         self.conv0 = Conv2d(ch[0], ch[0], 3, **eq)
         # blocks 2..depth: upsample x2 + 3x3 conv (fused), 3x3 conv (Table 1 rows 2-5)
-        self.ups = nn.ModuleList(Conv2d(ch[i - 1], ch[i], 3, up=True, **eq) for i in range(1, depth))
+        self.ups = nn.ModuleList(Conv2d(ch[i - 1], ch[i], 3, up=upsample, **eq) for i in range(1, depth))
         self.convs = nn.ModuleList(Conv2d(ch[i], ch[i], 3, **eq) for i in range(1, depth))
         # 1x1 toRGB on every block output, linear (gain 1)
         self.to_rgb = nn.ModuleList(Conv2d(c, 3, 1, gain=1.0, **eq) for c in ch)
@@ -315,10 +320,13 @@ class GanConfig:
     ema_beta: float = 0.999
     fixed_samples: int = 16          # latents kept fixed for progress grids
     seed: int = 0
+    upsample: str = "nearest"        # MSG-GAN's; "bilinear" is smoother (the tables name no mode)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("latent_dim", "batch_size", "n_critic", "fixed_samples"):
@@ -336,7 +344,7 @@ class GanConfig:
         return dataclasses.asdict(self)
 
     def make_generator(self) -> Generator:
-        return Generator(self.latent_dim, self.width, self.depth, self.equalized_lr, self.pixel_norm)
+        return Generator(self.latent_dim, self.width, self.depth, self.equalized_lr, self.pixel_norm, self.upsample)
 
     def make_discriminator(self) -> Discriminator:
         return Discriminator(self.width, self.depth, self.equalized_lr, self.mbstd_group)

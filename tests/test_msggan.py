@@ -161,3 +161,20 @@ def test_config_from_applies_overrides_and_rejects_unknown_fields():
     # the plain dict round-trips
     assert GanConfig(**cfg.to_dict()) == cfg
     assert {f.name for f in dataclasses.fields(GanConfig)} == set(cfg.to_dict())
+
+
+def test_bilinear_upsampling_is_an_option_with_the_same_parameters():
+    import torch
+
+    from models.msggan import config_from
+
+    nearest = config_from("cpu-small").make_generator()
+    bilinear = config_from("cpu-small", {"upsample": "bilinear"}).make_generator()
+    assert sum(p.numel() for p in nearest.parameters()) == sum(p.numel() for p in bilinear.parameters())
+    bilinear.load_state_dict(nearest.state_dict())
+    z = torch.randn(2, 128)
+    a, b = nearest(z), bilinear(z)
+    assert [x.shape for x in a] == [x.shape for x in b]
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[-1], b[-1])  # same 4 px block, other upsampling
+    with pytest.raises(ValueError, match="upsample"):
+        config_from("cpu-small", {"upsample": "cubic"})
