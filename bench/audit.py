@@ -32,7 +32,7 @@ def one_size(n: int, input_size: int) -> dict:
     import numpy as np
     import torch
 
-    from models import metric_registry
+    from models import all_metrics
     from models.classifier import build_resnet18
     from models.feature_extractors import domain_extractor
     from models.fidelity import FEATURE_METRICS
@@ -52,8 +52,8 @@ def one_size(n: int, input_size: int) -> dict:
     t0 = time.perf_counter()
     feats = {k: extractor(v) for k, v in (("synthetic", synthetic), ("train", train), ("holdout", holdout))}
     t1 = time.perf_counter()
-    metric_registry.compute(list(FEATURE_METRICS), real=feats["holdout"], fake=feats["synthetic"])
-    metric_registry.compute(list(FEATURE_METRICS), real=feats["holdout"], fake=feats["train"])
+    all_metrics.compute(list(FEATURE_METRICS), real=feats["holdout"], fake=feats["synthetic"])
+    all_metrics.compute(list(FEATURE_METRICS), real=feats["holdout"], fake=feats["train"])
     memo = memorization(feats["synthetic"], feats["train"], feats["holdout"], synthetic, train, holdout)
     t2 = time.perf_counter()
     return {"n": n, "features_seconds": round(t1 - t0, 2), "metrics_seconds": round(t2 - t1, 2),

@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from models import metric_registry  # noqa: E402
+from models import all_metrics  # noqa: E402
 from models.audit import sample_rows  # noqa: E402
 from models.classifier import classifier_state, config_from as classifier_config, load_classifier, train_classifier  # noqa: E402
 from models.feature_extractors import domain_extractor  # noqa: E402
@@ -102,7 +102,7 @@ def main() -> None:
     holdout = patches[hold_rows[labels[hold_rows] == 1]]
     hold_feats = extractor(holdout)
     floor_feats = extractor(gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed)])
-    floor = metric_registry.compute(list(FEATURE_METRICS), real=hold_feats, fake=floor_feats, seed=args.seed)
+    floor = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=floor_feats, seed=args.seed)
     result = {"bench": "preset_fid", "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
               "n_gan_train": len(gan_train), "holdout_patients": int(len(set(patients[held].tolist()))),
               "features": extractor.identity, "real_floor": floor, "configs": {}}
@@ -116,7 +116,7 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         G = build_generator_from_state(config.to_dict(), trainer.ema_generator_state())
         fake = np.concatenate(list(iter_samples(G, args.n, seed=args.seed, size=50)))
-        metrics = metric_registry.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
+        metrics = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
         name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
         (args.out / f"{name}.png").write_bytes(sample_grid_png(trainer.sample_fixed()))
         result["configs"][text] = {"metrics": metrics, "train_s": round(train_s, 1),

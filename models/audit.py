@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import metric_registry
+from models import all_metrics
 from models.feature_extractors import FeatureExtractor
 from models.fidelity import FEATURE_METRICS, FID_UNBIASED_N
 from models.memorization import Memorization, memorization
@@ -64,8 +64,8 @@ def run_audit(synthetic: Any, train: Any, holdout: Any, extractor: FeatureExtrac
             progress_fn(i + 1, 5, {"stage": f"features {name}"})
     n = min(len(feats["synthetic"]), len(feats["holdout"]))
     floor_rows = sample_rows(len(feats["train"]), len(feats["synthetic"]), seed + 3)
-    fidelity = metric_registry.compute(list(metrics), real=feats["holdout"], fake=feats["synthetic"], k=k, seed=seed)
-    floor = metric_registry.compute(list(metrics), real=feats["holdout"], fake=feats["train"][floor_rows], k=k,
+    fidelity = all_metrics.compute(list(metrics), real=feats["holdout"], fake=feats["synthetic"], k=k, seed=seed)
+    floor = all_metrics.compute(list(metrics), real=feats["holdout"], fake=feats["train"][floor_rows], k=k,
                                     seed=seed)
     if progress_fn is not None:
         progress_fn(4, 5, {"stage": "fidelity"})

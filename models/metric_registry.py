@@ -6,7 +6,9 @@ Two kinds of input:
   reference and synthetic patches through the same extractor (models/fidelity.py);
 - "classification": `labels` (0/1) and `probs` (P(class 1)) of a test set
   (models/classification_metrics.py; the evaluate job's rows).
-Each function returns a JSON-ready dict; `compute` runs the ones asked for.
+Each function returns a JSON-ready dict; `compute` runs the ones asked for. This module is
+the mechanism only: models/all_metrics.py imports the modules that register the built-in
+metrics, and is what callers use.
 """
 
 from __future__ import annotations
@@ -44,21 +46,12 @@ def register(name: str, kind: str, description: str) -> Callable:
     return add
 
 
-def _load_builtin() -> None:
-    # The modules that register the built-in metrics (imported here, not at the top: they
-    # import this module).
-    import models.classification_metrics  # noqa: F401
-    import models.fidelity  # noqa: F401
-
-
 def names(kind: str | None = None) -> list[str]:
-    _load_builtin()
     return sorted(m.name for m in METRICS.values() if kind is None or m.kind == kind)
 
 
 def compute(metric_names: list[str], **inputs: Any) -> dict[str, dict[str, Any]]:
     """{name: result} for each named metric, all given the same keyword inputs."""
-    _load_builtin()
     unknown = sorted(set(metric_names) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")

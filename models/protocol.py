@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models import metric_registry
+from models import all_metrics
 from models.classification_metrics import AVERAGING, CLASS_NAMES
 from models.classifier import (
     AbortFn, ClassifierConfig, ImageSubset, ProgressFn, build_resnet18, predict_proba, train_classifier,
@@ -236,7 +236,7 @@ def run_four_way(
                                               device=device)
             probs = predict_proba(model, ImageSubset(images[test_src], test_idx), config.input_size, bs, device)
         test_probs[row] = np.asarray(probs)
-        metrics = metric_registry.compute(["classification"], labels=labels[test_src][test_idx],
+        metrics = all_metrics.compute(["classification"], labels=labels[test_src][test_idx],
                                           probs=probs)["classification"]
         src_patients = {"real": patients, "synth": None}
         train_src = "+".join(src for src, _ in train_parts)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import metric_registry
+from models import all_metrics
 from models.fidelity import density_coverage, fid, kid, kth_neighbour_radius, precision_recall
 
 
@@ -61,11 +61,11 @@ def test_kth_radius_is_batched_and_exact():
 
 
 def test_registry_runs_metrics_by_name_and_rejects_unknown_ones():
-    assert {"fid", "kid", "precision_recall", "density_coverage"} <= set(metric_registry.names("features"))
-    assert metric_registry.names("classification") == ["classification"]
-    out = metric_registry.compute(["fid", "density_coverage"], real=gauss(300), fake=gauss(300, seed=1))
+    assert {"fid", "kid", "precision_recall", "density_coverage"} <= set(all_metrics.names("features"))
+    assert all_metrics.names("classification") == ["classification"]
+    out = all_metrics.compute(["fid", "density_coverage"], real=gauss(300), fake=gauss(300, seed=1))
     assert set(out) == {"fid", "density_coverage"} and out["fid"]["fid"] > 0
     with pytest.raises(ValueError, match="unknown metric"):
-        metric_registry.compute(["nope"], real=gauss(10), fake=gauss(10))
+        all_metrics.compute(["nope"], real=gauss(10), fake=gauss(10))
     with pytest.raises(ValueError):
         fid(gauss(10, d=3), gauss(10, d=4))
