@@ -1,0 +1,116 @@
+"""The experiment job end to end at CPU scale, through the service's REST API: one POST.
+
+    python bench/experiment_cpu.py --preset cpu-small --steps 2000 --fraction 0.05 [--out docs] [--json]
+
+Starts `histosynth serve` (embedded: SQLite + filesystem broker, a temp home), ingests the
+shared data, POSTs one experiment (patient split three ways, two generators, samples, the
+audit's domain classifier, evaluate with the augmentation rows, an audit per label), waits,
+and saves its report (Markdown and JSON) and the generators' last sample grids under --out.
+The last line printed is one JSON object: the table, the augmentation gain, the audits and
+the wall time of every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "IDC_regular_ps50_idx5"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cpu-small")
+    ap.add_argument("--overrides", default="{}", help="JSON GanConfig fields")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--fraction", type=float, default=0.05)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--input-size", type=int, default=64)
+    ap.add_argument("--max-per-class", type=int, default=None)
+    ap.add_argument("--audit-max-samples", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--name", default="cpu_experiment")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="histosynth-experiment-cpu-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")} | {"HISTOSYNTH_HOME": str(home)}
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=open(home / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    started = time.monotonic()
+    try:
+        for _ in range(300):
+            try:
+                c.get("/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        job = c.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(DATA)}}).json()
+        while (job := c.get(f"/v1/jobs/{job['id']}").json())["state"] not in ("succeeded", "failed"):
+            time.sleep(1)
+        if job["state"] != "succeeded":
+            sys.exit(f"ingest failed: {job['error']}")
+        params = {"dataset_id": job["result"]["dataset_id"], "fraction": args.fraction, "preset": args.preset,
+                  "overrides": json.loads(args.overrides), "steps": args.steps, "weights": "none",
+                  "mode": "finetune", "epochs": args.epochs, "input_size": args.input_size,
+                  "audit_max_samples": args.audit_max_samples, "seed": args.seed}
+        if args.max_per_class:
+            params["max_per_class"] = args.max_per_class
+        resp = c.post("/v1/experiments", json=params)
+        if resp.status_code != 202:
+            sys.exit(f"experiment refused: {resp.text}")
+        job_id = resp.json()["id"]
+        while (job := c.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed", "cancelled"):
+            running = [k for k in job["children"] if k["state"] == "running"]
+            step = f"{running[0]['kind']} {running[0]['progress']['current']}/{running[0]['progress']['total']}" if running else ""
+            print(f"  experiment {job['progress']['message']}: {step}", file=sys.stderr, flush=True)
+            time.sleep(20)
+        if job["state"] != "succeeded":
+            sys.exit(f"experiment {job['state']}: {job['error']} (logs in {home})")
+        args.out.mkdir(parents=True, exist_ok=True)
+        names = {a["name"]: a for a in job["artifacts"]}
+        (args.out / f"{args.name}_report.md").write_text(c.get(names["report.md"]["url"]).text)
+        (args.out / f"{args.name}_report.json").write_text(c.get(names["report.json"]["url"]).text)
+        walls = {}
+        for kid in job["children"]:
+            child = c.get(kid["url"]).json()
+            walls[f"{kid['kind']}:{kid['id'][:6]}"] = _seconds(child)
+            for art in child["artifacts"]:
+                if art["name"].startswith("samples/label") and art["name"].endswith(f"{args.steps:07d}.png"):
+                    label = art["name"].split("/")[1]
+                    (args.out / f"{args.name}_{label}.png").write_bytes(c.get(art["url"]).content)
+    finally:
+        c.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    result = {"bench": "experiment_cpu", "params": params, "wall_s": round(time.monotonic() - started, 1),
+              "step_wall_s": walls, "parts": job["result"]["parts"], "table": job["result"]["table"],
+              "augmentation": job["result"]["augmentation"], "audit": job["result"]["audit"]}
+    print(json.dumps(result))
+
+
+def _seconds(job: dict) -> float | None:
+    from datetime import datetime
+
+    if not job.get("started_at") or not job.get("finished_at"):
+        return None
+    return round((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds(), 1)
+
+
+if __name__ == "__main__":
+    main()
