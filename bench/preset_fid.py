@@ -2,9 +2,10 @@
 
     python bench/preset_fid.py --steps 2000 --configs cpu-small cpu-small:'{"width": 0.0625}' --json
 
-One run, on the shared data: patients split (seeded) into training (80%) and holdout (20%)
-groups; a ResNet18 trained on the training patients (both labels, 64 px, weights none,
-finetune; cached under --cache) gives the domain features; then for every config, in turn and
+One run, on the shared data: patients split (seeded) into GAN-training, classifier and
+holdout groups; a ResNet18 trained on the classifier group (both labels, 64 px, weights none,
+finetune; cached under --cache) gives the domain features (trained on patients the metrics
+never compare, so neither side's features come from patches it has seen); then for every config, in turn and
 in this same process: an MSG-GAN trained on the training patients' IDC+ patches for --steps,
 --n samples of its EMA generator, and the audit's fidelity metrics of those samples against the
 holdout patients' IDC+ patches, beside the real floor (training patches against the same
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--n", type=int, default=2000, help="synthetic samples per config")
     ap.add_argument("--holdout", type=float, default=0.2)
+    ap.add_argument("--classifier-share", type=float, default=0.2, help="patients for the domain classifier")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classifier-epochs", type=int, default=3)
     ap.add_argument("--classifier-patches", type=int, default=6000, help="training patches for the domain ResNet18")
@@ -91,12 +93,15 @@ def main() -> None:
 
     patches, labels, patients = load(args.data)
     held = split_patients(patients, args.holdout, args.seed)
-    train_rows, hold_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    for_classifier = split_patients(np.where(held, "", patients), args.classifier_share / (1 - args.holdout),
+                                    args.seed + 1) & ~held & (patients != "")
+    train_rows, hold_rows = np.flatnonzero(~held & ~for_classifier), np.flatnonzero(held)
     t0 = time.perf_counter()
-    cls_rows = train_rows[sample_rows(len(train_rows), args.classifier_patches, args.seed)]
+    cls_all = np.flatnonzero(for_classifier)
+    cls_rows = cls_all[sample_rows(len(cls_all), args.classifier_patches, args.seed)]
     extractor = domain_classifier(patches[cls_rows], labels[cls_rows], args.cache,
-                                  f"s{args.seed}_h{args.holdout}_e{args.classifier_epochs}_n{len(cls_rows)}",
-                                  args.classifier_epochs)
+                                  f"s{args.seed}_h{args.holdout}_c{args.classifier_share}_e{args.classifier_epochs}"
+                                  f"_n{len(cls_rows)}", args.classifier_epochs)
     log(f"domain classifier ready in {time.perf_counter() - t0:.0f} s")
     gan_train = patches[train_rows[labels[train_rows] == 1]]
     holdout = patches[hold_rows[labels[hold_rows] == 1]]
@@ -105,6 +110,7 @@ def main() -> None:
     floor = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=floor_feats, seed=args.seed)
     result = {"bench": "preset_fid", "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
               "n_gan_train": len(gan_train), "holdout_patients": int(len(set(patients[held].tolist()))),
+              "classifier_patients": int(len(set(patients[for_classifier].tolist()))),
               "features": extractor.identity, "real_floor": floor, "configs": {}}
     log(f"real floor: FID {floor['fid']['fid']:.2f}")
     for text in args.configs:

@@ -115,6 +115,13 @@ def audit_markdown(summary: dict[str, Any], title: str = "Fidelity and privacy a
               + "".join(f", {k} {v}" for k, v in fe.items() if k not in ("name", "dim", "input_size")) + ")",
               f"- samples: {c['synthetic']} synthetic, {c['holdout']} real holdout (patients the generator never saw), "
               f"{c['train']} real training patches; seed {summary['seed']}, k = {summary['k']}", ""]
+    overlap = summary.get("extractor_overlap") or {}
+    if overlap.get("train_patients") or overlap.get("holdout_patients"):
+        lines += [f"**Warning:** the feature extractor was trained on {overlap['train_patients']} of the training "
+                  f"patients and {overlap['holdout_patients']} of the holdout patients (dataset "
+                  f"`{overlap['dataset_id']}`). Features of patches a classifier has seen are more extreme than "
+                  "those of unseen ones, which inflates the real floor and biases the comparison; use a classifier "
+                  "trained on other patients (the experiment job does).", ""]
     if summary["small_sample"]:
         lines += [f"FID is biased upwards below {FID_UNBIASED_N:,} samples: compare it only with the real floor "
                   "beside it (same n), and read KID (unbiased) first.", ""]

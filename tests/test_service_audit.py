@@ -77,10 +77,13 @@ def test_audit_reports_fidelity_floor_and_memorization(service, pipeline):
         assert isinstance(m["fidelity"][key], float) and isinstance(m["real_floor"][key], float)
     assert 0.0 <= m["memorization"]["flagged_fraction"] <= 1.0
     assert m["datasets"]["holdout"]["patients"] == 2
+    # the classifier was trained on this very dataset: the audit says it saw these patients
+    assert m["extractor_overlap"]["known"] and m["extractor_overlap"]["train_patients"] > 0
     names = {a["name"]: a for a in job["artifacts"]}
     assert {"audit.md", "audit.json", "distances_pixels.png", "distances_features.png", "closest_pairs.png"} <= set(names)
     report = c.get(names["audit.md"]["url"]).text
     assert "## Fidelity" in report and "## Memorization" in report and pipeline["generator_id"] in report
+    assert "**Warning:** the feature extractor was trained on" in report
     assert c.get(names["closest_pairs.png"]["url"]).content.startswith(b"\x89PNG")
     model = c.get(f"/v1/models/{pipeline['generator_id']}").json()
     assert model["metrics"]["audit"]["job_id"] == job["id"]

@@ -48,6 +48,9 @@ def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
         assert part["by_label"].get("0", 0) > 0 and part["by_label"].get("1", 0) > 0
     assert set(job["result"]["table"]) >= {"TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX"}
     assert set(job["result"]["audit"]) == {"0", "1"}
+    audit_job = c.get(f"/v1/jobs/{job['result']['children']['audit_1']}").json()
+    overlap = audit_job["metrics"]["extractor_overlap"]  # its classifier saw neither audit set
+    assert overlap["known"] and overlap["train_patients"] == overlap["holdout_patients"] == 0
     gan_job = c.get(f"/v1/jobs/{job['result']['children']['train_gan']}").json()
     assert gan_job["params"]["dataset_id"] == parts["gan"]["dataset_id"]
     names = {a["name"]: a for a in job["artifacts"]}

@@ -60,6 +60,27 @@ def _extractor(ctx: JobContext) -> FeatureExtractor:
                                                        "sha256": sha256_file(path)})
 
 
+def extractor_overlap(ctx: JobContext, train_patients: set[str], holdout_patients: set[str]) -> dict | None:
+    """Patients the domain classifier was trained on that are also in the audit's training or
+    holdout set. A classifier that saw them maps them differently from unseen patients, which
+    biases the real floor and the synthetic-vs-holdout numbers (features of seen patches are
+    more extreme); the report says so."""
+    if ctx.params.get("features", "domain") != "domain":
+        return None
+    with session_scope(ctx.db_url) as s:
+        row = s.get(ModelVersion, ctx.params["classifier_model_id"])
+        dataset_id = (row.config or {}).get("dataset_id") if row is not None else None
+    if not dataset_id:
+        return {"known": False}
+    try:
+        _, index = _dataset(ctx, dataset_id)
+    except UserError:
+        return {"known": False, "dataset_id": dataset_id}
+    seen = set(index["patient"].tolist())
+    return {"known": True, "dataset_id": dataset_id, "train_patients": len(seen & train_patients),
+            "holdout_patients": len(seen & holdout_patients)}
+
+
 def handle_audit(ctx: JobContext) -> Outcome:
     p = ctx.params
     label = int(p["label"])
@@ -95,7 +116,11 @@ def handle_audit(ctx: JobContext) -> Outcome:
     result = run_audit(synthetic, train, holdout, _extractor(ctx), max_samples=int(p.get("max_samples", 10_000)),
                        seed=int(p.get("seed", 0)), device=pick_device(p.get("device", "auto")),
                        progress_fn=lambda c, t, info: ctx.progress(c, t, info.get("stage")))
+    train_set = set(real_index["patient"][train_rows].tolist())
+    hold_set = (set(hold_index["patient"].tolist()) if p.get("holdout_dataset_id")
+                else set(g_config["holdout_patients"]))
     summary = {**result.summary, "generator_id": p["generator_id"], "label": label,
+               "extractor_overlap": extractor_overlap(ctx, train_set, hold_set),
                "datasets": {"synthetic": p["synthetic_dataset_id"], "train": p["train_dataset_id"],
                             "holdout": holdout_source}}
     context = {"synthetic dataset": p["synthetic_dataset_id"], "generator": p["generator_id"],
