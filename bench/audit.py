@@ -42,7 +42,9 @@ def one_size(n: int, input_size: int) -> dict:
     paths = [c.path for c in scan(DATA)[0]]
     rng = np.random.default_rng(0)
     pool = decode_chunk([paths[i] for i in rng.permutation(len(paths))[:min(len(paths), 2 * n)]])[0]
-    pick = (lambda seed: pool[np.random.default_rng(seed).choice(len(pool), n, replace=len(pool) < n)])
+    def pick(seed: int) -> np.ndarray:
+        return pool[np.random.default_rng(seed).choice(len(pool), n, replace=len(pool) < n)]
+
     train, holdout = pick(1), pick(2)
     synthetic = pick(3)[:, ::-1]
     synthetic = np.clip(synthetic + rng.integers(-3, 4, synthetic.shape, dtype=np.int16), 0, 255).astype(np.uint8)

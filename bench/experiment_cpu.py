@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.embedded import embedded_service  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "IDC_regular_ps50_idx5"
 
 
@@ -44,22 +39,8 @@ def main() -> None:
     ap.add_argument("--name", default="cpu_experiment")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="histosynth-experiment-cpu-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")} | {"HISTOSYNTH_HOME": str(home)}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=open(home / "serve.log", "wb"), stderr=subprocess.STDOUT)
-    c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     started = time.monotonic()
-    try:
-        for _ in range(300):
-            try:
-                c.get("/healthz")
-                break
-            except httpx.TransportError:
-                time.sleep(0.3)
+    with embedded_service("histosynth-experiment-cpu-") as (c, home):
         job = c.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(DATA)}}).json()
         while (job := c.get(f"/v1/jobs/{job['id']}").json())["state"] not in ("succeeded", "failed"):
             time.sleep(1)
@@ -94,10 +75,6 @@ def main() -> None:
                 if art["name"].startswith("samples/label") and art["name"].endswith(f"{args.steps:07d}.png"):
                     label = art["name"].split("/")[1]
                     (args.out / f"{args.name}_{label}.png").write_bytes(c.get(art["url"]).content)
-    finally:
-        c.close()
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
     result = {"bench": "experiment_cpu", "params": params, "wall_s": round(time.monotonic() - started, 1),
               "step_wall_s": walls, "parts": job["result"]["parts"], "table": job["result"]["table"],
               "augmentation": job["result"]["augmentation"], "audit": job["result"]["audit"]}

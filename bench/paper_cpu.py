@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.embedded import embedded_service  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "IDC_regular_ps50_idx5"
 
 
@@ -50,21 +47,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="histosynth-paper-cpu-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")} | {"HISTOSYNTH_HOME": str(home)}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                              stdout=open(home / "serve.log", "wb"), stderr=subprocess.STDOUT)
-    c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-    try:
-        for _ in range(300):
-            try:
-                c.get("/healthz")
-                break
-            except httpx.TransportError:
-                time.sleep(0.3)
+    with embedded_service("histosynth-paper-cpu-") as (c, home):
         ingest = wait(c, c.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(DATA)}}).json(), "ingest")
         dataset_id = ingest["result"]["dataset_id"]
         gan = wait(c, c.post("/v1/jobs", json={"kind": "train_gan", "params": {
@@ -85,10 +68,6 @@ def main() -> None:
             "split_by": "patient", "seed": 0}}).json(), "evaluate")
         report = [a for a in evaluation["artifacts"] if a["name"] == "report.md"][0]
         (args.out / "cpu_protocol_report.md").write_text(c.get(report["url"]).text)
-    finally:
-        c.close()
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
     result = {
         "steps": args.steps, "n_per_label": args.n, "epochs": args.epochs, "input_size": args.input_size,
         "max_per_class": args.max_per_class, "table": evaluation["result"]["table"],

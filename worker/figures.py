@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["roc_curve_png", "confusion_matrix_png", "loss_curves_png", "sample_grid_png", "distance_histogram_png",
            "pairs_grid_png"]

@@ -1,0 +1,44 @@
+"""`histosynth serve` in embedded mode (SQLite + filesystem broker in a temp home) for the
+benchmarks that drive the service through its REST API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def embedded_service(prefix: str) -> Iterator[tuple[httpx.Client, Path]]:
+    """(client, home) of a fresh API + worker, stopped on exit (SIGTERM, as a deploy would)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")} | {"HISTOSYNTH_HOME": str(home)}
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=open(home / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    try:
+        for _ in range(300):
+            try:
+                client.get("/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        yield client, home
+    finally:
+        client.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
