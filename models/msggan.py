@@ -360,6 +360,10 @@ PRESETS: dict[str, GanConfig] = {
     # is shortened to match such short runs.
     "cpu-small": GanConfig(latent_dim=128, width=1 / 32, optimizer="adam", lr=1e-3,
                            ema_beta=0.99),
+    # cpu-small at twice the width (32-32-32-32-16 channels): in bench/preset_fid.py at 2,000
+    # steps it covered more of the held-out real patches' feature space than cpu-small and drew
+    # strand-like structure instead of stripes, at ~2x the time per step (BENCHMARKS.md).
+    "cpu-medium": GanConfig(latent_dim=128, width=1 / 16, optimizer="adam", lr=1e-3, ema_beta=0.99),
     # Not the paper: Tables 1-2 and WGAN-GP unchanged, batch 64 to fill a GPU (16 patches of
     # 64 px leave most of an H100 idle), lr scaled by sqrt(64/16) = 2 (the square-root rule
     # for adaptive optimisers). Its images/s against `paper` are in BENCHMARKS.md.
