@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import model_registry
 from app.problems import Problem
 from app.settings import Settings
 
@@ -52,9 +52,7 @@ def resolve_audit_inputs(params: Any, settings: Settings, session: Session) -> d
     out: dict[str, Any] = {"generator_id": generator.id, "label": label, "train_dataset_id": train.id}
     if params.features == "domain":
         model_id = params.classifier_model_id
-        query = select(ModelVersion).where(ModelVersion.kind == "classifier")
-        row = (session.get(ModelVersion, model_id) if model_id
-               else session.scalar(query.where(ModelVersion.promoted.is_(True)).limit(1)))
+        row = session.get(ModelVersion, model_id) if model_id else model_registry.promoted(session, "classifier")
         if row is None or row.kind != "classifier":
             if model_id:
                 raise Problem(422, "Not a classifier", f"Model {model_id!r} is not a classifier.")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy.orm import Session
 
+from app import model_registry
 from app.problems import Problem, _clean_errors
 from app.settings import Settings
 from app.storage import Storage
@@ -24,7 +25,7 @@ class Params(BaseModel):
 
 class IngestParams(Params):
     path: str | None = Field(None, description="Server-side folder (public IDC layout) or .zip file.")
-    upload_id: str | None = Field(None, description="A zip uploaded with POST /v1/uploads.")
+    upload_id: str | None = Field(None, pattern="^[0-9a-f]{32}$", description="A zip uploaded with POST /v1/uploads.")
     name: str | None = Field(None, max_length=200)
 
     @model_validator(mode="after")
@@ -36,7 +37,7 @@ class IngestParams(Params):
 
 def check_ingest(params: IngestParams, settings: Settings, session: Session) -> None:
     if params.upload_id is not None:
-        if not Storage(settings.resolved_storage_dir).upload_path(params.upload_id).is_file():
+        if not Storage.from_settings(settings).exists(Storage.upload_key(params.upload_id)):
             raise Problem(422, "Unknown upload", f"No upload with id {params.upload_id!r}.")
         return
     path = Path(params.path).expanduser()
@@ -132,16 +133,13 @@ class GenerateParams(Params):
 
 
 def check_generate(params: GenerateParams, settings: Settings, session: Session) -> dict[str, Any]:
-    from sqlalchemy import select
-
     from app.tables import ModelVersion
 
     if params.n > settings.max_generate_n:
         raise Problem(422, "Too many patches requested",
                       f"n={params.n} is over the cap of {settings.max_generate_n} (HISTOSYNTH_MAX_GENERATE_N).")
     if params.model_id is None:
-        model = session.scalar(select(ModelVersion).where(
-            ModelVersion.kind == "generator", ModelVersion.label == params.label, ModelVersion.promoted.is_(True)))
+        model = model_registry.promoted(session, "generator", params.label)
         if model is None:
             raise Problem(409, "No generator for that label",
                           f"No promoted generator for label {params.label}: run a train_gan job on a dataset with "

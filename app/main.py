@@ -10,7 +10,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import problems
 from app.api.routes import artifacts, datasets, experiments, generations, health, jobs, models, predictions, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
+from app.queue import JobQueue
 from app.settings import Settings, get_settings
+from app.storage import Storage
 
 
 class RequestMetrics:
@@ -50,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     from app.predictor import Predictor
 
-    app.state.predictor = Predictor(settings)
+    app.state.storage = Storage.from_settings(settings)
+    app.state.predictor = Predictor(settings, storage=app.state.storage)
+    app.state.queue = JobQueue(settings)
     problems.install(app)
     for module in (jobs, generations, experiments, predictions, datasets, models, artifacts, uploads, health):
         app.include_router(module.router)

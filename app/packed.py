@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from models.data_view import RowView
+
 INDEX_DTYPE = np.dtype(
     [("patient", "U16"), ("x", "<i4"), ("y", "<i4"), ("label", "i1"), ("orig_h", "<i2"), ("orig_w", "<i2")]
 )
@@ -107,30 +109,10 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / META_FILE).read_text())
 
 
-class LabelView:
-    """Rows of a packed array selected by `rows`, indexed lazily: trainers index batches from
-    it exactly as from the memmap, so a per-label subset is never copied into memory."""
-
-    def __init__(self, patches: np.ndarray, rows: np.ndarray) -> None:
-        self._patches, self._rows = patches, np.asarray(rows, dtype=np.int64)
-        self.shape = (len(self._rows), *patches.shape[1:])
-        self.dtype, self.ndim = patches.dtype, patches.ndim
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __getitem__(self, idx):  # noqa: ANN001, ANN204
-        rows = self._rows[idx]
-        if isinstance(rows, np.ndarray):
-            order = np.argsort(rows, kind="stable")  # read the memmap in file order, then restore
-            out = np.empty((len(rows), *self.shape[1:]), self.dtype)
-            out[order] = self._patches[rows[order]]
-            return out
-        return self._patches[rows]
-
-    def __array__(self, dtype=None, copy=None):  # noqa: ANN001, ANN204
-        out = self[np.arange(len(self))]
-        return out if dtype is None else out.astype(dtype)
+# Rows of a packed array selected by `rows`, indexed lazily: trainers index batches from it
+# exactly as from the memmap, so a per-label subset is never copied into memory. The one
+# lazy row view of the project (models.data_view), under the name the jobs use.
+LabelView = RowView
 
 
 class ConcatView:

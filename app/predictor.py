@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
+from app import model_registry
 from app.db import session_scope
 from app.metrics import PREDICTION_BATCH
 from app.problems import Problem
 from app.settings import Settings
-from app.tables import ModelVersion
+from app.storage import Storage, StorageError
 
 
 @dataclass
@@ -43,8 +43,9 @@ class LoadedModel:
 
 
 class Predictor:
-    def __init__(self, settings: Settings, recheck_s: float = 5.0):
+    def __init__(self, settings: Settings, recheck_s: float = 5.0, storage: Storage | None = None):
         self.settings = settings
+        self.storage = storage or Storage.from_settings(settings)
         self.max_batch, self.precision = settings.predict_max_batch, settings.predict_precision
         self.recheck_s = recheck_s
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent forward-pass sizes (tests read them)
@@ -71,21 +72,20 @@ class Predictor:
             return self._loaded
         with self._load_lock:
             with session_scope(self.settings.resolved_database_url) as s:
-                row = s.scalar(select(ModelVersion).where(ModelVersion.kind == "classifier",
-                                                          ModelVersion.promoted.is_(True)).limit(1))
+                row = model_registry.promoted(s, "classifier")
                 if row is None:
                     raise Problem(409, "No classifier is promoted",
                                   "Train one with a train_classifier job (POST /v1/jobs), then promote it with "
                                   "POST /v1/models/{id}/promote.")
-                row_id, version, path = row.id, row.version, row.path
+                row_id, version, key = row.id, row.version, row.key
             if self._loaded is None or self._loaded.id != row_id:
                 from models.classifier import load_classifier
                 from models.inference import InferenceModel
 
                 try:
-                    model, config = load_classifier(path)
+                    model, config = load_classifier(self.storage.local_path(key))
                     runner = InferenceModel(model, config.input_size, self.precision, self._device())
-                except (OSError, ValueError, RuntimeError) as exc:
+                except (OSError, ValueError, RuntimeError, StorageError) as exc:
                     raise Problem(503, "Classifier could not be loaded", f"model {row_id}: {exc}") from exc
                 self._loaded = LoadedModel(row_id, version, runner)
             self._checked_at = now

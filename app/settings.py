@@ -23,6 +23,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home.")
     broker_url: str | None = Field(default=None, description="Celery broker; default filesystem under home.")
     storage_dir: Path | None = Field(default=None, description="Datasets, checkpoints, artifacts; default home/storage.")
+    # An object store instead of the folder: s3://bucket/prefix (AWS S3, MinIO, SeaweedFS).
+    storage_url: str | None = Field(default=None, description="s3://bucket/prefix; default the storage_dir folder.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint; unset for AWS S3.")
+    s3_key: str | None = Field(default=None, description="Access key id; unset: the AWS credential chain.")
+    s3_secret: str | None = None
+    s3_region: str | None = None
+    # Local copies of stored datasets/models on a worker or API host using an object store.
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
     api_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the API.")
 
     # Leases: a running job whose worker stops heart-beating goes back to queued after this.
@@ -73,6 +81,22 @@ class Settings(BaseSettings):
         return (self.storage_dir or self.resolved_home / "storage").expanduser().resolve()
 
     @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.resolved_storage_dir)
+
+    @property
+    def uses_object_store(self) -> bool:
+        return "://" in self.resolved_storage_url and not self.resolved_storage_url.startswith("file://")
+
+    def s3_options(self) -> dict:
+        """s3fs options from the settings (None values left to boto's defaults and env)."""
+        client = {k: v for k, v in (("endpoint_url", self.s3_endpoint_url), ("region_name", self.s3_region)) if v}
+        opts: dict = {"client_kwargs": client} if client else {}
+        if self.s3_key:
+            opts.update(key=self.s3_key, secret=self.s3_secret)
+        return opts
+
+    @property
     def broker_folder(self) -> Path:
         return self.resolved_home / "broker"
 
@@ -82,7 +106,8 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         """Create the folders embedded mode writes to (idempotent)."""
-        self.resolved_storage_dir.mkdir(parents=True, exist_ok=True)
+        if not self.uses_object_store:
+            self.resolved_storage_dir.mkdir(parents=True, exist_ok=True)
         if self.is_embedded:
             (self.broker_folder / "queue").mkdir(parents=True, exist_ok=True)
             (self.broker_folder / "processed").mkdir(parents=True, exist_ok=True)

@@ -10,22 +10,21 @@ from sqlalchemy.orm import Session
 
 from app import jobs
 from app.metrics import JOBS_SUBMITTED
+from app.queue import JobQueue
 from app.settings import Settings
 from app.tables import Job
 
 log = logging.getLogger("histosynth.api")
 
 
-def submit(session: Session, settings: Settings, kind: str, params: dict[str, Any],
+def submit(session: Session, settings: Settings, queue: JobQueue, kind: str, params: dict[str, Any],
            idempotency_key: str | None = None) -> tuple[Job, bool]:
     job, created = jobs.create_job(session, kind, params, idempotency_key=idempotency_key,
                                    max_attempts=settings.max_attempts)
     if created:
         JOBS_SUBMITTED.labels(kind=kind).inc()
         try:
-            from worker.celery_app import enqueue
-
-            enqueue(job.id, settings)
+            queue.enqueue(job.id)
         except Exception:  # the reaper re-sends it once the broker is back
             log.exception("could not enqueue job %s; it stays queued", job.id)
     return job, created

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -100,7 +100,7 @@ class Checkpoint(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))  # e.g. "label1" when one job trains two models
     step: Mapped[int] = mapped_column(BigInteger)
-    path: Mapped[str] = mapped_column(String(1000))
+    key: Mapped[str] = mapped_column(String(1000))  # app.storage key, relative to the storage root
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -112,7 +112,7 @@ class Artifact(Base):
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     name: Mapped[str] = mapped_column(String(300))
     media_type: Mapped[str] = mapped_column(String(100))
-    path: Mapped[str] = mapped_column(String(1000))
+    key: Mapped[str] = mapped_column(String(1000))  # app.storage key, relative to the storage root
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -124,7 +124,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(300))
     kind: Mapped[str] = mapped_column(String(16))  # "real" | "synthetic"
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    path: Mapped[str] = mapped_column(String(1000))
+    key: Mapped[str] = mapped_column(String(1000))  # app.storage key, relative to the storage root
     n_patches: Mapped[int] = mapped_column(BigInteger)
     patch_size: Mapped[int] = mapped_column(Integer)
     n_patients: Mapped[int] = mapped_column(Integer, default=0)
@@ -142,10 +142,17 @@ class ModelVersion(Base):
     label: Mapped[int | None] = mapped_column(Integer)  # generators are per label (paper section 3)
     version: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    path: Mapped[str] = mapped_column(String(1000))
+    key: Mapped[str] = mapped_column(String(1000))  # app.storage key, relative to the storage root
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     promoted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_model_versions_kind_label", "kind", "label"),)
+    # Migration 0003: one version number per (kind, label) slot, one promoted row per slot
+    # (app.model_registry relies on both; NULL labels are folded to -1 so they collide too).
+    __table_args__ = (
+        Index("ix_model_versions_kind_label", "kind", "label"),
+        Index("uq_model_versions_slot_version", "kind", text("coalesce(label, -1)"), "version", unique=True),
+        Index("uq_model_versions_slot_promoted", "kind", text("coalesce(label, -1)"), unique=True,
+              postgresql_where=text("promoted"), sqlite_where=text("promoted")),
+    )

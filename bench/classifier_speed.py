@@ -5,7 +5,7 @@
 Measures, with the project's own functions and the paper's settings (224 px input, batch 32):
 - features_images_per_s: models.features.extract_features (frozen mode's one backbone pass
   per image, BN folded, channels_last) at the job's eval batch (32) and at 256;
-- finetune_images_per_s: the plain loop's step (models.classifier: preprocess on the device,
+- finetune_images_per_s: the plain loop's step (models.classifier_training: preprocess on the device,
   forward, CrossEntropyLoss, backward, Adam), batch 32, all layers training;
 - head_epoch_s: one epoch of fc on cached features (models.features.fit_head) per 10,000
   features, batch 32.
@@ -27,9 +27,8 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from models.classifier import (  # noqa: E402
-    EpochStats, build_resnet18, config_from, preprocess, take_batch, train_step,
-)
+from models.classifier import build_resnet18, config_from, preprocess  # noqa: E402
+from models.classifier_steps import EpochStats, take_batch, train_step  # noqa: E402
 from models.features import extract_features, fit_head  # noqa: E402
 
 

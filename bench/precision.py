@@ -24,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.classifier import config_from, train_classifier  # noqa: E402
+from models.classifier import config_from  # noqa: E402
+from models.classifier_training import train_classifier  # noqa: E402
 from models.inference import InferenceModel  # noqa: E402
 from worker.idc_layout import decode_chunk, scan  # noqa: E402
 

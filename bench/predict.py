@@ -73,10 +73,9 @@ def setup(home: Path, input_size: int) -> dict[str, str]:
     torch.manual_seed(0)
     config = config_from({"weights": "none", "mode": "finetune", "input_size": input_size})
     model = build_resnet18("none", "finetune")
-    path = home / "clf.pt"
-    save_state(path, classifier_state(model, config))
+    save_state(settings.resolved_storage_dir / "models" / "bench.pt", classifier_state(model, config))
     with session_scope(settings.resolved_database_url) as s:
-        s.add(ModelVersion(id="bench", kind="classifier", version=1, path=str(path), promoted=True))
+        s.add(ModelVersion(id="bench", kind="classifier", version=1, key="models/bench.pt", promoted=True))
     return env
 
 
@@ -87,7 +86,7 @@ def bare_forward_ms(png: bytes, input_size: int, home: Path, repeats: int, preci
     from models.classifier import load_classifier
     from models.inference import InferenceModel
 
-    model, _ = load_classifier(home / "clf.pt")
+    model, _ = load_classifier(home / "storage" / "models" / "bench.pt")
     runner = InferenceModel(model, input_size, precision, device)
     times = []
     for _ in range(repeats + 3):
@@ -106,7 +105,7 @@ def compute_ceiling(input_size: int, home: Path, precision: str, device: str, ba
     from models.classifier import load_classifier
     from models.inference import InferenceModel
 
-    runner = InferenceModel(load_classifier(home / "clf.pt")[0], input_size, precision, device)
+    runner = InferenceModel(load_classifier(home / "storage" / "models" / "bench.pt")[0], input_size, precision, device)
     image = torch.randint(0, 256, (50, 50, 3), dtype=torch.uint8)
 
     def per_image_ms(n: int) -> float:

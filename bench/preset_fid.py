@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models import all_metrics  # noqa: E402
 from models.audit import sample_rows  # noqa: E402
-from models.classifier import classifier_state, config_from as classifier_config, load_classifier, train_classifier  # noqa: E402
+from models.classifier import classifier_state, config_from as classifier_config, load_classifier  # noqa: E402
+from models.classifier_training import train_classifier  # noqa: E402
 from models.feature_extractors import domain_extractor  # noqa: E402
 from models.fidelity import FEATURE_METRICS  # noqa: E402
 from models.gan_trainer import GanTrainer  # noqa: E402

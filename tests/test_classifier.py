@@ -13,9 +13,13 @@ import torchvision
 
 from models import classifier as C
 from models.classifier import (
-    ClassifierConfig, ImageSubset, TrainingAborted, WeightsUnavailableError, build_resnet18, classifier_state,
-    config_from, load_classifier, predict_proba, preprocess, train_classifier,
+    ClassifierConfig, WeightsUnavailableError, build_resnet18, classifier_state, config_from, load_classifier,
+    preprocess,
 )
+from models.classifier_steps import TrainingAborted
+from models.classifier_training import train_classifier
+from models.data_view import RowView
+from models.inference import predict_proba
 
 CACHE_NAME = "resnet18-f37072fd.pth"
 
@@ -153,7 +157,7 @@ def test_train_on_memmap_predict_and_history(tmp_path):
     assert seen[-1] == (2, 2)
     probs = predict_proba(model, ro, input_size=32, batch_size=5)
     assert probs.shape == (16,) and ((probs >= 0) & (probs <= 1)).all()
-    sub = predict_proba(model, ImageSubset(ro, np.array([3, 1])), input_size=32)
+    sub = predict_proba(model, RowView(ro, np.array([3, 1])), input_size=32)
     assert np.allclose(sub, probs[[3, 1]], atol=1e-6)
 
 

@@ -14,7 +14,7 @@ def load():
 
 def test_services_and_healthchecks():
     services = load()["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(services) == {"postgres", "redis", "s3", "s3-init", "migrate", "api", "worker"}
     for name in ("postgres", "redis", "api"):
         assert services[name]["healthcheck"]["test"], name
     assert services["migrate"]["command"] == ["histosynth", "migrate"]
@@ -43,6 +43,37 @@ def test_environment_matches_settings(monkeypatch):
         settings = Settings()
         assert not settings.is_embedded and str(settings.ingest_roots[0]) == "/datasets"
     assert services["postgres"]["environment"]["POSTGRES_DB"] in services["api"]["environment"]["HISTOSYNTH_DATABASE_URL"]
+
+
+def test_object_store_service():
+    services = load()["services"]
+    s3 = services["s3"]
+    assert s3["image"].startswith("chrislusf/seaweedfs")
+    assert s3["command"][:2] == ["server", "-s3"] and "-master.telemetry=false" in s3["command"]
+    assert "8333/healthz" in " ".join(s3["healthcheck"]["test"])
+    assert any(v.endswith(":/data") for v in s3["volumes"])
+    assert s3["volumes"][0].split(":")[0] in load()["volumes"]  # a named volume
+    # The server's one identity is the key and secret api and worker sign with.
+    assert s3["environment"]["AWS_ACCESS_KEY_ID"] == "${HISTOSYNTH_S3_KEY:-histosynth}"
+    assert s3["environment"]["AWS_SECRET_ACCESS_KEY"] == "${HISTOSYNTH_S3_SECRET:-histosynth-secret}"
+
+    init = services["s3-init"]
+    assert init["image"] == s3["image"] and init["restart"] == "no"
+    assert init["depends_on"]["s3"]["condition"] == "service_healthy"
+    script = "\n".join(init["command"])
+    assert "s3.bucket.create -name histosynth" in script and "already exists" in script
+
+    for name in ("api", "worker"):
+        deps, env = services[name]["depends_on"], services[name]["environment"]
+        assert deps["s3"]["condition"] == "service_healthy", name
+        assert deps["s3-init"]["condition"] == "service_completed_successfully", name
+        assert env["HISTOSYNTH_STORAGE_URL"] == "s3://histosynth/store"
+        assert env["HISTOSYNTH_S3_ENDPOINT_URL"] == "http://s3:8333"
+        assert env["HISTOSYNTH_S3_KEY"] == s3["environment"]["AWS_ACCESS_KEY_ID"]
+        assert env["HISTOSYNTH_S3_SECRET"] == s3["environment"]["AWS_SECRET_ACCESS_KEY"]
+        assert env["HISTOSYNTH_S3_REGION"] == "us-east-1"
+        # The merge keeps the shared variables too.
+        assert env["HISTOSYNTH_DATABASE_URL"].startswith("postgresql+psycopg://")
 
 
 def test_dockerfile_installs_the_project():

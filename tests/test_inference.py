@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.classifier import build_resnet18, classifier_state, config_from, predict_proba
-from models.inference import InferenceModel, fold_batchnorm
+from models.classifier import build_resnet18, classifier_state, config_from
+from models.inference import InferenceModel, fold_batchnorm, predict_proba
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +81,10 @@ def promoted_home(tmp_path, net, **settings_kw):
 
     settings = Settings(home=tmp_path, **settings_kw)
     upgrade_head(settings.resolved_database_url)
-    path = tmp_path / "clf.pt"
-    save_state(path, classifier_state(net, config_from({"weights": "none", "mode": "finetune", "input_size": 64})))
+    save_state(settings.resolved_storage_dir / "models" / "m1.pt",
+               classifier_state(net, config_from({"weights": "none", "mode": "finetune", "input_size": 64})))
     with session_scope(settings.resolved_database_url) as s:
-        s.add(ModelVersion(id="m1", kind="classifier", version=3, path=str(path), promoted=True))
+        s.add(ModelVersion(id="m1", kind="classifier", version=3, key="models/m1.pt", promoted=True))
     return settings
 
 

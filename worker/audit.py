@@ -35,7 +35,8 @@ def _dataset(ctx: JobContext, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
         row = s.get(Dataset, dataset_id)
         if row is None:
             raise UserError(f"dataset {dataset_id} no longer exists")
-        folder = Path(row.path)
+        key = row.key
+    folder = ctx.storage.local_tree(key)
     return open_patches(folder), read_index(folder)
 
 
@@ -54,7 +55,8 @@ def _extractor(ctx: JobContext) -> FeatureExtractor:
         row = s.get(ModelVersion, p["classifier_model_id"])
         if row is None:
             raise UserError(f"classifier {p['classifier_model_id']} no longer exists")
-        path, version = Path(row.path), row.version
+        key, version = row.key, row.version
+    path = ctx.storage.local_path(key)
     model, config = load_classifier(path)
     return domain_extractor(model, config.input_size, {"model_id": p["classifier_model_id"], "model_version": version,
                                                        "sha256": sha256_file(path)})

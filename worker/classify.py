@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
 from app.db import session_scope
+from app.storage import Storage
 from app.packed import ConcatView, LabelView, open_patches, read_index
 from app.tables import Dataset, ModelVersion
 from models.classification_metrics import classification_metrics
-from models.classifier import (ClassifierConfig, TrainingAborted, WeightsUnavailableError, classifier_state,
-                               config_from, predict_proba, train_classifier)
+from models.classifier import ClassifierConfig, WeightsUnavailableError, classifier_state, config_from
+from models.classifier_steps import TrainingAborted
+from models.classifier_training import train_classifier
+from models.inference import predict_proba
 from models.protocol import report_markdown, run_four_way, split_indices
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
 from worker.figures import confusion_matrix_png, loss_curves_png, roc_curve_png
-from worker.models_store import next_version, pick_device, save_state
+from worker.models_store import pick_device, put_state
 
 
 def _load(ctx: JobContext, dataset_ids: list[str]) -> tuple[object, np.ndarray, np.ndarray]:
@@ -28,7 +30,8 @@ def _load(ctx: JobContext, dataset_ids: list[str]) -> tuple[object, np.ndarray, 
             dataset = s.get(Dataset, dataset_id)
             if dataset is None:
                 raise UserError(f"dataset {dataset_id} no longer exists")
-            folders.append(Path(dataset.path))
+            folders.append(dataset.key)
+    folders = [ctx.storage.local_tree(key) for key in folders]
     for folder in folders:
         parts.append(open_patches(folder))
         index = read_index(folder)
@@ -85,8 +88,8 @@ def handle_train_classifier(ctx: JobContext) -> Outcome:
     probs = predict_proba(model, LabelView(images, val_rows), config.input_size, config.eval_batch_size, device)
     val = classification_metrics(labels[val_rows], probs=probs)
     model_id = stable_id(ctx.job_id, "classifier")
-    path = ctx.storage.model_dir() / f"{model_id}.pt"
-    save_state(path, classifier_state(model, config))
+    key = Storage.model_key(model_id)
+    put_state(ctx.storage, key, classifier_state(model, config))
     ctx.add_artifact("training_curves.png", "image/png",
                      loss_curves_png(history, keys=("train_loss", "train_acc"), title="ResNet18 training"))
     if val["roc"] is not None:  # None when the validation split holds one class only
@@ -95,11 +98,10 @@ def handle_train_classifier(ctx: JobContext) -> Outcome:
     summary = {k: val[k] for k in ("accuracy", "precision", "recall", "f1", "auc") if k in val}
     metrics = {"val": summary, "n_train": int(len(train_rows)), "n_val": int(len(val_rows)),
                "split_by": p.get("split_by", "patient"), "final_train_loss": history[-1]["train_loss"] if history else None}
-    with session_scope(ctx.db_url) as s:
-        version = next_version(s, "classifier", None)
-    row = ModelVersion(id=model_id, kind="classifier", label=None, version=version, job_id=ctx.job_id, path=str(path),
-                       config={**config.to_dict(), "dataset_id": p["dataset_id"]}, metrics=metrics, promoted=False)
-    return Outcome(result={"model_id": model_id, "version": version, "val": summary}, metrics=metrics, rows=[row])
+    # numbered (and never auto-promoted) by app.model_registry when the success is recorded
+    row = ModelVersion(id=model_id, kind="classifier", label=None, job_id=ctx.job_id, key=key,
+                       config={**config.to_dict(), "dataset_id": p["dataset_id"]}, metrics=metrics)
+    return Outcome(result={"model_id": model_id, "val": summary}, metrics=metrics, rows=[row])
 
 
 def handle_evaluate(ctx: JobContext) -> Outcome:

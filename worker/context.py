@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app import jobs
+from sqlalchemy.exc import IntegrityError
+
+from app import jobs, model_registry
 from app.db import session_scope
 from app.settings import Settings
-from app.storage import Storage, write_bytes_atomic
-from app.tables import Artifact, Checkpoint
+from app.storage import Storage
+from app.tables import Artifact, Checkpoint, ModelVersion
 
 log = logging.getLogger("histosynth.worker")
 ID_NAMESPACE = uuid.UUID("6f1c3e58-1d0b-4b7e-9a1e-5f0c2d9a7b11")
@@ -51,11 +53,17 @@ class Outcome:
     rows: list[Any] = field(default_factory=list)  # ORM rows committed with the success
 
 
+Handler = Callable[["JobContext"], Outcome]
+
+
 class JobContext:
-    def __init__(self, settings: Settings, job_id: str, kind: str, params: dict[str, Any], owner: str, attempt: int):
+    def __init__(self, settings: Settings, job_id: str, kind: str, params: dict[str, Any], owner: str, attempt: int,
+                 handlers: dict[str, Handler] | None = None):
         self.settings = settings
+        # The handler table this job runs under: a parent job (experiment) runs its children with it.
+        self.handlers: dict[str, Handler] = handlers or {}
         self.job_id, self.kind, self.params, self.owner, self.attempt = job_id, kind, params, owner, attempt
-        self.storage = Storage(settings.resolved_storage_dir)
+        self.storage = Storage.from_settings(settings)
         self.cancel_requested = False
         self.lease_lost = False
         self._last_progress = 0.0
@@ -66,7 +74,8 @@ class JobContext:
         return self.settings.resolved_database_url
 
     def work_dir(self) -> Path:
-        return self.storage.job_dir(self.job_id)
+        """This job's local scratch folder (kept across attempts on this machine; never shared)."""
+        return self.storage.scratch_dir("jobs", self.job_id)
 
     # -- callbacks handed to the ML core ---------------------------------------------------
     def should_abort(self) -> bool:
@@ -90,20 +99,20 @@ class JobContext:
 
     def add_artifact(self, name: str, media_type: str, data: bytes) -> str:
         artifact_id = stable_id(self.job_id, "artifact", name)
-        path = self.storage.dir("artifacts", self.job_id) / f"{artifact_id}"
-        size = write_bytes_atomic(path, data)
-        self.register_artifact(artifact_id, name, media_type, path, size)
+        key = Storage.artifact_key(self.job_id, artifact_id)
+        size = self.storage.put_bytes(key, data)
+        self.register_artifact(artifact_id, name, media_type, key, size)
         return artifact_id
 
-    def register_artifact(self, artifact_id: str, name: str, media_type: str, path: Path, size: int) -> None:
+    def register_artifact(self, artifact_id: str, name: str, media_type: str, key: str, size: int) -> None:
         with self._lock, session_scope(self.db_url) as s:
             s.merge(Artifact(id=artifact_id, job_id=self.job_id, name=name, media_type=media_type,
-                             path=str(path), size_bytes=size))
+                             key=key, size_bytes=size))
 
-    def add_checkpoint(self, name: str, step: int, path: Path) -> None:
+    def add_checkpoint(self, name: str, step: int, key: str, size: int) -> None:
         with self._lock, session_scope(self.db_url) as s:
             s.merge(Checkpoint(id=stable_id(self.job_id, "ckpt", name, str(step)), job_id=self.job_id, name=name,
-                               step=step, path=str(path), size_bytes=path.stat().st_size))
+                               step=step, key=key, size_bytes=size))
 
     def heartbeat(self) -> None:
         with self._lock, session_scope(self.db_url) as s:
@@ -124,7 +133,7 @@ def _heartbeat_loop(ctx: JobContext, stop: threading.Event) -> None:
             log.exception("heartbeat failed for job %s", ctx.job_id)
 
 
-def run_job(settings: Settings, job_id: str, handlers: dict[str, Callable[[JobContext], Outcome]]) -> str:
+def run_job(settings: Settings, job_id: str, handlers: dict[str, Handler]) -> str:
     """Claim `job_id` and run its handler. Returns what happened (for logs and tests)."""
     owner = worker_identity()
     with session_scope(settings.resolved_database_url) as s:
@@ -132,7 +141,7 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Callable[[JobCo
         if job is None:
             return "not-claimed"
         kind, params, attempt = job.kind, dict(job.params), job.attempts
-    ctx = JobContext(settings, job_id, kind, params, owner, attempt)
+    ctx = JobContext(settings, job_id, kind, params, owner, attempt, handlers)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat_loop, args=(ctx, stop), daemon=True, name=f"heartbeat-{job_id}")
     beat.start()
@@ -163,11 +172,30 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Callable[[JobCo
         return "failed"
     finally:
         stop.set()
-    with session_scope(url) as s:
-        # The success and the rows it creates (datasets, models) commit together or not at all.
-        if not jobs.finish(s, job_id, owner, "succeeded", result=outcome.result, metrics=outcome.metrics, commit=False):
-            s.rollback()
-            return "lease-lost"
-        for row in outcome.rows:
-            s.merge(row)
-    return "succeeded"
+    return _record_success(url, job_id, owner, outcome)
+
+
+def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: int = 5) -> str:
+    """The success and the rows it creates (datasets, models) commit together or not at all.
+    Model versions are numbered here (app.model_registry); a job finishing at the same moment
+    in the same slot makes the insert conflict, and the transaction is tried again."""
+    for attempt in range(tries):
+        try:
+            with session_scope(url) as s:
+                versions = {}
+                for row in outcome.rows:
+                    if isinstance(row, ModelVersion):
+                        versions[row.id] = model_registry.register(s, row).version
+                    else:
+                        s.merge(row)
+                result = {**outcome.result, "model_versions": versions} if versions else outcome.result
+                if not jobs.finish(s, job_id, owner, "succeeded", result=result, metrics=outcome.metrics,
+                                   commit=False):
+                    s.rollback()
+                    return "lease-lost"
+            return "succeeded"
+        except IntegrityError:
+            if attempt == tries - 1:
+                raise
+            log.warning("job %s: model version taken by a concurrent job; numbering again", job_id)
+    raise AssertionError("unreachable")

@@ -30,7 +30,7 @@ from app.db import session_scope
 from app.job_kinds import validate_params
 from app.packed import read_index, write_subset
 from app.problems import Problem
-from app.storage import replace_dir_atomic
+from app.storage import Storage
 from app.tables import Dataset, Job
 from models.experiment_plan import part_targets, split_patients
 from worker.context import JobAborted, JobContext, Outcome, UserError, run_job, stable_id
@@ -47,7 +47,8 @@ def _split(ctx: JobContext) -> dict[str, str]:
         source = s.get(Dataset, p["dataset_id"])
         if source is None:
             raise UserError(f"dataset {p['dataset_id']} no longer exists")
-        folder, name = source.path, source.name
+        source_key, name = source.key, source.name
+    folder = ctx.storage.local_tree(source_key)
     index = read_index(folder)
     available = {label: int((index["label"] == label).sum()) for label in (0, 1)}
     targets = part_targets(available, float(p.get("fraction", 1.0)), float(p.get("holdout_share", 0.1)))
@@ -62,13 +63,14 @@ def _split(ctx: JobContext) -> dict[str, str]:
             if s.get(Dataset, dataset_id) is not None:
                 continue
         rows = np.flatnonzero(np.isin(index["patient"], patients))
-        staging = ctx.work_dir() / f"part-{part}"
-        meta = write_subset(folder, rows, staging, {"kind": "real", "parent_dataset": p["dataset_id"], "part": part})
-        final = ctx.storage.dataset_dir(dataset_id)
-        replace_dir_atomic(staging, final)
+        key = Storage.dataset_key(dataset_id)
+        with ctx.storage.scratch("jobs", ctx.job_id, f"part-{part}") as staging:
+            meta = write_subset(folder, rows, staging / "dataset",
+                                {"kind": "real", "parent_dataset": p["dataset_id"], "part": part})
+            ctx.storage.put_tree(key, staging / "dataset")
         with session_scope(ctx.db_url) as s:
             s.merge(Dataset(id=dataset_id, name=f"{name} / {part} part (experiment {ctx.job_id[:8]})", kind="real",
-                            job_id=ctx.job_id, path=str(final), n_patches=meta["n"], patch_size=meta["size"],
+                            job_id=ctx.job_id, key=key, n_patches=meta["n"], patch_size=meta["size"],
                             n_patients=meta["n_patients"], n_edge_patches=0,
                             counts={"by_label": meta["by_label"], "by_patient": meta["by_patient"]},
                             source={"parent_dataset": p["dataset_id"], "part": part, "patients": patients,
@@ -86,7 +88,6 @@ def _child(ctx: JobContext, step: str, kind: str, raw: dict[str, Any]) -> dict[s
             except Problem as exc:
                 raise UserError(f"step {step}: {exc.title}: {exc.detail}") from exc
             jobs.create_job(s, kind, params, parent_id=ctx.job_id, job_id=child_id)
-    from worker.handlers import HANDLERS
 
     while True:
         ctx.check_abort()
@@ -100,7 +101,7 @@ def _child(ctx: JobContext, step: str, kind: str, raw: dict[str, Any]) -> dict[s
         if state == "cancelled":
             raise JobAborted("cancelled")
         if state == "queued":
-            run_job(ctx.settings, child_id, HANDLERS)  # here, in this worker (a no-op if another claims it first)
+            run_job(ctx.settings, child_id, ctx.handlers)  # here, in this worker (a no-op if another claims it first)
         else:
             time.sleep(1.0)  # another worker runs it
 

@@ -3,19 +3,18 @@ synthetic packed dataset (the same format as ingest) plus a zip of PNGs, streame
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from app.packed import INDEX_DTYPE, PackedWriter
-from app.storage import replace_dir_atomic
+from app.storage import Storage
 from app.tables import Dataset, ModelVersion
 from app.db import session_scope
 from models.sampling import build_generator_from_state, iter_samples
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
-from worker.models_store import load_state, pick_device
+from worker.models_store import pick_device, read_state
 
 LABEL_NAMES = {0: "IDC-", 1: "IDC+"}
 
@@ -51,27 +50,24 @@ def handle_generate(ctx: JobContext) -> Outcome:
         model = s.get(ModelVersion, p["model_id"])
         if model is None or model.kind != "generator":
             raise UserError(f"model {p['model_id']} is not a generator")
-        model_path, model_version = Path(model.path), model.version
-    payload = load_state(model_path)
+        model_key, model_version = model.key, model.version
+    payload = read_state(ctx.storage, model_key)
     generator = build_generator_from_state(payload["config"], payload["state_dict"])
     label, n, seed, size = int(p["label"]), int(p["n"]), int(p.get("seed", 0)), int(p.get("size", 64))
     device = pick_device(p.get("device", "auto"))
-    work = ctx.work_dir() / f"attempt-{ctx.attempt}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    meta = generate_to(work / "dataset", generator, label, n, seed, size, int(p.get("batch_size", 256)), device,
-                       progress_fn=lambda d, t: ctx.progress(d, t, "sampling"), abort_fn=ctx.should_abort,
-                       patient=f"synthetic:{p['model_id'][:8]}", precision=p.get("precision", "auto"))
     dataset_id = stable_id(ctx.job_id, "dataset")
-    final = ctx.storage.dataset_dir(dataset_id)
-    replace_dir_atomic(work / "dataset", final)
+    key = Storage.dataset_key(dataset_id)
+    with ctx.storage.scratch("jobs", ctx.job_id, f"attempt-{ctx.attempt}") as work:
+        meta = generate_to(work / "dataset", generator, label, n, seed, size, int(p.get("batch_size", 256)), device,
+                           progress_fn=lambda d, t: ctx.progress(d, t, "sampling"), abort_fn=ctx.should_abort,
+                           patient=f"synthetic:{p['model_id'][:8]}", precision=p.get("precision", "auto"))
+        ctx.storage.put_tree(key, work / "dataset")
     # The zip artifact points at the packed dataset; the API encodes the PNGs as it streams.
     zip_id = stable_id(ctx.job_id, "artifact", "patches.zip")
-    ctx.register_artifact(zip_id, f"synthetic_{'pos' if label else 'neg'}_{n}.zip", "application/zip", final,
-                          (final / "patches.u8").stat().st_size)
-    shutil.rmtree(work, ignore_errors=True)
+    ctx.register_artifact(zip_id, f"synthetic_{'pos' if label else 'neg'}_{n}.zip", "application/zip", key,
+                          ctx.storage.size(f"{key}/patches.u8"))
     dataset = Dataset(id=dataset_id, name=p.get("name") or f"synthetic {LABEL_NAMES[label]} x{n} (seed {seed})",
-                      kind="synthetic", job_id=ctx.job_id, path=str(final), n_patches=meta["n"], patch_size=size,
+                      kind="synthetic", job_id=ctx.job_id, key=key, n_patches=meta["n"], patch_size=size,
                       n_patients=0, n_edge_patches=0, counts={"by_label": meta["by_label"]},
                       source={"model_id": p["model_id"], "model_version": model_version, "seed": seed, "size": size,
                               "device": device, "precision": p.get("precision", "auto")})

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from worker.context import JobContext, Outcome
+from worker.context import Handler, JobContext, Outcome
 
 
 def _ingest(ctx: JobContext) -> Outcome:
@@ -49,7 +47,7 @@ def _experiment(ctx: JobContext) -> Outcome:
     return handle_experiment(ctx)
 
 
-HANDLERS: dict[str, Callable[[JobContext], Outcome]] = {
+HANDLERS: dict[str, Handler] = {
     "ingest": _ingest,
     "train_gan": _train_gan,
     "generate": _generate,

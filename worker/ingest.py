@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from app.packed import INDEX_DTYPE, PATCHES_FILE, write_index
-from app.storage import replace_dir_atomic
+from app.storage import Storage, StorageError
 from app.tables import Dataset
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
 from worker.idc_layout import PATCH, LayoutError, decode_into_file, find_root, safe_extract, scan
@@ -113,41 +112,42 @@ def _squeeze(staging: Path, final: Path, keep: np.ndarray) -> None:
 
 def handle_ingest(ctx: JobContext) -> Outcome:
     params = ctx.params
-    work = ctx.work_dir() / f"attempt-{ctx.attempt}"
-    shutil.rmtree(work, ignore_errors=True)
-    source: Path
-    if params.get("upload_id"):
-        zip_path = ctx.storage.upload_path(params["upload_id"])
-        if not zip_path.is_file():
-            raise UserError(f"upload {params['upload_id']} no longer exists")
-        source = work / "unzipped"
-        _extract(zip_path, source)
-    else:
-        source = Path(params["path"])
-        if not source.exists():
-            raise UserError(f"path {source} does not exist")
-        if source.is_file():
-            _extract(source, work / "unzipped")
-            source = work / "unzipped"
     dataset_id = stable_id(ctx.job_id, "dataset")
-    staging = work / "dataset"
-    ctx.progress(0, 0, "scanning", force=True)
-    try:
-        meta, bad = ingest_folder(
-            source, staging, progress_fn=lambda d, t: ctx.progress(d, t, "decoding"), abort_fn=ctx.should_abort
-        )
-    except LayoutError as exc:
-        raise UserError(str(exc)) from exc
-    if meta["n"] == 0:
-        raise UserError(f"no readable patches found ({len(bad)} bad files)")
-    final = ctx.storage.dataset_dir(dataset_id)
-    replace_dir_atomic(staging, final)
-    shutil.rmtree(work, ignore_errors=True)
+    key = Storage.dataset_key(dataset_id)
+    # The scratch folder (extracted zip, staging) is removed whatever happens, a failure included.
+    with ctx.storage.scratch("jobs", ctx.job_id, f"attempt-{ctx.attempt}") as work:
+        source: Path
+        if params.get("upload_id"):
+            upload_key = Storage.upload_key(params["upload_id"])
+            try:
+                zip_path = ctx.storage.local_path(upload_key)
+            except StorageError as exc:
+                raise UserError(f"upload {params['upload_id']} no longer exists") from exc
+            source = work / "unzipped"
+            _extract(zip_path, source)
+        else:
+            source = Path(params["path"])
+            if not source.exists():
+                raise UserError(f"path {source} does not exist")
+            if source.is_file():
+                _extract(source, work / "unzipped")
+                source = work / "unzipped"
+        staging = work / "dataset"
+        ctx.progress(0, 0, "scanning", force=True)
+        try:
+            meta, bad = ingest_folder(
+                source, staging, progress_fn=lambda d, t: ctx.progress(d, t, "decoding"), abort_fn=ctx.should_abort
+            )
+        except LayoutError as exc:
+            raise UserError(str(exc)) from exc
+        if meta["n"] == 0:
+            raise UserError(f"no readable patches found ({len(bad)} bad files)")
+        ctx.storage.put_tree(key, staging)
     bad_id = ctx.add_artifact("bad_files.json", "application/json", json.dumps(bad, indent=1).encode())
     counts = {"by_label": meta["by_label"], "by_patient": meta["by_patient"]}
     dataset = Dataset(
         id=dataset_id, name=params.get("name") or Path(params.get("path") or "upload").name, kind="real",
-        job_id=ctx.job_id, path=str(final), n_patches=meta["n"], patch_size=meta["size"],
+        job_id=ctx.job_id, key=key, n_patches=meta["n"], patch_size=meta["size"],
         n_patients=meta["n_patients"], n_edge_patches=meta["n_edge_patches"], counts=counts,
         source={k: v for k, v in params.items() if k in ("path", "upload_id")},
     )

@@ -1,4 +1,5 @@
-"""Model files and their version rows: generators (one per label) and classifiers."""
+"""Model files: torch checkpoints in the store, and the device a model runs on. Version rows
+and promotion live in app.model_registry."""
 
 from __future__ import annotations
 
@@ -7,38 +8,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from app.storage import write_bytes_atomic
+from app.storage import Storage, write_bytes_atomic
 from models.device import DeviceUnavailableError, resolve_device
+
+
+def state_bytes(payload: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
 
 
 def save_state(path: Path, payload: dict[str, Any]) -> int:
     """torch.save to bytes, then an atomic write: a crash never leaves a torn checkpoint."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return write_bytes_atomic(path, buf.getvalue())
+    return write_bytes_atomic(path, state_bytes(payload))
+
+
+def put_state(storage: Storage, key: str, payload: dict[str, Any]) -> int:
+    """Serialise first, then one atomic put (a local rename or one S3 PUT): never a torn object."""
+    return storage.put_bytes(key, state_bytes(payload))
 
 
 def load_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def next_version(session: Session, kind: str, label: int | None) -> int:
-    from app.tables import ModelVersion
-
-    query = select(func.max(ModelVersion.version)).where(ModelVersion.kind == kind)
-    query = query.where(ModelVersion.label.is_(None) if label is None else ModelVersion.label == label)
-    return int(session.scalar(query) or 0) + 1
-
-
-def has_promoted(session: Session, kind: str, label: int | None) -> bool:
-    from app.tables import ModelVersion
-
-    query = select(ModelVersion.id).where(ModelVersion.kind == kind, ModelVersion.promoted.is_(True))
-    query = query.where(ModelVersion.label.is_(None) if label is None else ModelVersion.label == label)
-    return session.scalar(query.limit(1)) is not None
+def read_state(storage: Storage, key: str) -> dict[str, Any]:
+    return torch.load(io.BytesIO(storage.read_bytes(key)), map_location="cpu", weights_only=True)
 
 
 def pick_device(requested: str) -> str:

@@ -10,7 +10,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from app import jobs
 from app.db import session_scope
 from app.settings import get_settings
-from worker.celery_app import TASK_NAME, celery_app, enqueue
+from worker.celery_app import TASK_NAME, celery_app, queue
 from worker.context import SHUTTING_DOWN, run_job
 from worker.handlers import HANDLERS
 
@@ -32,7 +32,7 @@ def reap_once() -> jobs.ReapReport:
     with session_scope(settings.resolved_database_url) as s:
         report = jobs.reap(s, requeue_after_seconds=settings.requeue_after_seconds)
     for job_id in report.requeued + report.resend:
-        enqueue(job_id)
+        queue.enqueue(job_id)
     if report.requeued or report.failed:
         log.warning("reaper: requeued %s, failed %s", report.requeued, report.failed)
     return report

@@ -1,24 +1,31 @@
 """The train_gan job: one MSG-GAN per label (as the paper trains one model per class),
-checkpointed atomically and resumed from the newest valid checkpoint after a crash."""
+checkpointed atomically and resumed from the newest valid checkpoint after a crash.
+
+One function per concern: which patches (`_training_data`), the checkpoint folder
+(`_Checkpoints`), the loop with its progress/sample callbacks (`_train_label`), the figures
+(`_save_figures`) and the model file with its version row (`_generator_row`).
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from app.db import session_scope
 from app.packed import LabelView, open_patches, read_index
+from app.storage import Storage
 from app.tables import Dataset, ModelVersion
 from models.gan_speed import TrainSpeed
 from models.gan_trainer import GanTrainer
-from models.msggan import config_from
+from models.msggan import GanConfig, config_from
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
 from worker.figures import loss_curves_png, sample_grid_png
-from worker.models_store import has_promoted, load_state, next_version, pick_device, save_state
+from worker.models_store import pick_device, put_state, read_state
 
 KEEP_CHECKPOINTS = 3
 
@@ -36,96 +43,132 @@ def holdout_patients(patients: np.ndarray, fraction: float, seed: int) -> list[s
     return sorted(unique[i] for i in order[:k])
 
 
-def _checkpoints(folder: Path, name: str) -> list[Path]:
-    return sorted(folder.glob(f"{name}-step*.pt"), key=lambda p: int(p.stem.rsplit("step", 1)[1]), reverse=True)
+@dataclass
+class TrainingData:
+    patches: np.ndarray          # the dataset's memmapped (N, 50, 50, 3) uint8 patches
+    index: dict[str, np.ndarray]  # per-patch label and patient
+    holdout: list[str]            # patients kept out of training
+    in_training: np.ndarray       # bool per patch
+
+    def label_rows(self, label: int) -> np.ndarray:
+        return np.flatnonzero((self.index["label"] == label) & self.in_training)
 
 
-def _resume(trainer: GanTrainer, folder: Path, name: str) -> int:
-    """Load the newest checkpoint that loads; a torn or foreign one is skipped, not fatal."""
-    for path in _checkpoints(folder, name):
-        try:
-            trainer.load_state_dict(load_state(path))
-            return trainer.step
-        except Exception:  # noqa: BLE001 - try the next older one
-            continue
-    return 0
-
-
-def handle_train_gan(ctx: JobContext) -> Outcome:
-    p = ctx.params
+def _training_data(ctx: JobContext, p: dict[str, Any]) -> TrainingData:
     with session_scope(ctx.db_url) as s:
         dataset = s.get(Dataset, p["dataset_id"])
         if dataset is None:
             raise UserError(f"dataset {p['dataset_id']} no longer exists")
-        folder = Path(dataset.path)
-    patches, index = open_patches(folder), read_index(folder)
+        key = dataset.key
+    folder = ctx.storage.local_tree(key)
+    index = read_index(folder)
     holdout = holdout_patients(index["patient"], float(p.get("holdout_fraction", 0.0)), int(p.get("holdout_seed", 0)))
-    in_training = ~np.isin(index["patient"], holdout)
+    return TrainingData(open_patches(folder), index, holdout, ~np.isin(index["patient"], holdout))
+
+
+class _Checkpoints:
+    """`{name}-step{step}.pt` objects of one label under the job's checkpoint prefix in the
+    store (so a worker on another machine resumes from them); the newest few are kept."""
+
+    def __init__(self, ctx: JobContext, name: str) -> None:
+        self.ctx, self.name, self.prefix = ctx, name, Storage.checkpoint_prefix(ctx.job_id)
+
+    def keys(self) -> list[str]:
+        mine = [k for k in self.ctx.storage.list(self.prefix) if k.rsplit("/", 1)[1].startswith(f"{self.name}-step")]
+        return sorted(mine, key=lambda k: int(k.rsplit("step", 1)[1].removesuffix(".pt")), reverse=True)
+
+    def save(self, trainer: GanTrainer) -> None:
+        key = f"{self.prefix}/{self.name}-step{trainer.step:07d}.pt"
+        size = put_state(self.ctx.storage, key, trainer.state_dict())
+        self.ctx.add_checkpoint(self.name, trainer.step, key, size)
+        for old in self.keys()[KEEP_CHECKPOINTS:]:
+            self.ctx.storage.delete(old)
+
+    def resume(self, trainer: GanTrainer) -> int:
+        """Load the newest checkpoint that loads; a torn or foreign one is skipped, not fatal."""
+        for key in self.keys():
+            try:
+                trainer.load_state_dict(read_state(self.ctx.storage, key))
+                return trainer.step
+            except Exception:  # noqa: BLE001 - try the next older one
+                continue
+        return 0
+
+
+def _train_label(ctx: JobContext, trainer: GanTrainer, ckpts: _Checkpoints, position: int,
+                 metrics: dict[str, Any]) -> None:
+    """Run `trainer` to the job's steps with progress, samples and checkpoints; raises JobAborted
+    on cancel. `position` is the label's place in the job (progress counts over all labels)."""
+    p, name = ctx.params, ckpts.name
+    steps, n_labels = p["steps"], len(p["labels"])
+
+    def progress(step: int, total: int, stats: dict) -> None:
+        ctx.progress(position * steps + step, n_labels * steps, f"{name} step {step}/{total}",
+                     metrics={**metrics, name: {"step": step, **{k: round(v, 5) for k, v in stats.items()}}})
+
+    def samples(step: int, images: list[torch.Tensor]) -> None:
+        ctx.add_artifact(f"samples/{name}/step{step:07d}.png", "image/png", sample_grid_png(images))
+
+    finished = trainer.train(steps, progress_fn=progress, abort_fn=ctx.should_abort, checkpoint_fn=ckpts.save,
+                             checkpoint_every=p["checkpoint_every"], sample_fn=samples,
+                             sample_every=p["sample_every"])
+    trainer.close()
+    if not finished:
+        raise JobAborted("cancelled")
+    if p["checkpoint_every"] == 0 or trainer.step % p["checkpoint_every"] != 0:
+        ckpts.save(trainer)
+    samples(trainer.step, trainer.sample_fixed())
+
+
+def _save_figures(ctx: JobContext, name: str, history: list[dict[str, float]]) -> None:
+    ctx.add_artifact(f"loss_curves_{name}.png", "image/png",
+                     loss_curves_png(history, keys=("d_loss", "g_loss", "gp", "wasserstein"),
+                                     title=f"MSG-GAN losses, {name}"))
+    ctx.add_artifact(f"loss_history_{name}.json", "application/json", json.dumps(history).encode())
+
+
+def _generator_row(ctx: JobContext, label: int, config: GanConfig, trainer: GanTrainer, data: TrainingData,
+                   metrics: dict[str, Any]) -> ModelVersion:
+    """Store the EMA generator; its version row is numbered (and the label's first one
+    promoted) by app.model_registry when the job's success is recorded."""
+    p = ctx.params
+    model_id = stable_id(ctx.job_id, "generator", f"label{label}")
+    key = Storage.model_key(model_id)
+    put_state(ctx.storage, key, {"kind": "generator", "label": label, "config": config.to_dict(),
+                                 "state_dict": trainer.ema_generator_state()})
+    train_patients = sorted(set(data.index["patient"][data.label_rows(label)].tolist()))
+    return ModelVersion(id=model_id, kind="generator", label=label, job_id=ctx.job_id, key=key,
+                        config={**config.to_dict(), "preset": p["preset"], "dataset_id": p["dataset_id"],
+                                "steps": p["steps"], "train_patients": train_patients,
+                                "holdout_patients": data.holdout,
+                                "holdout_fraction": float(p.get("holdout_fraction", 0.0))},
+                        metrics=metrics)
+
+
+def handle_train_gan(ctx: JobContext) -> Outcome:
+    p = ctx.params
+    data = _training_data(ctx, p)
     device = pick_device(p.get("device", "auto"))
-    labels: list[int] = p["labels"]
-    steps, ckpt_every, sample_every = p["steps"], p["checkpoint_every"], p["sample_every"]
-    ckpt_dir = ctx.work_dir() / "checkpoints"
-    models_dir = ctx.storage.model_dir()
-    rows, result_models, metrics = [], {}, {}
-    for li, label in enumerate(labels):
+    rows, model_ids, metrics = [], {}, {}
+    for position, label in enumerate(p["labels"]):
         name = f"label{label}"
         config = config_from(p["preset"], p.get("overrides") or {})
-        label_rows = np.flatnonzero((index["label"] == label) & in_training)
+        label_rows = data.label_rows(label)
         if len(label_rows) < config.batch_size:
             raise UserError(f"label {label} keeps {len(label_rows)} patches after the holdout; training needs "
                             f"batch_size={config.batch_size}")
-        view = LabelView(patches, label_rows)
-        trainer = GanTrainer(config, view, device=device, speed=TrainSpeed.from_dict(p.get("speed")))
-        resumed_from = _resume(trainer, ckpt_dir, name)
+        trainer = GanTrainer(config, LabelView(data.patches, label_rows), device=device,
+                             speed=TrainSpeed.from_dict(p.get("speed")))
+        ckpts = _Checkpoints(ctx, name)
+        resumed_from = ckpts.resume(trainer)
         started, start_step = time.perf_counter(), trainer.step
-
-        def progress(step: int, total: int, stats: dict, li=li, name=name) -> None:
-            ctx.progress(li * steps + step, len(labels) * steps, f"{name} step {step}/{total}",
-                         metrics={**metrics, name: {"step": step, **{k: round(v, 5) for k, v in stats.items()}}})
-
-        def checkpoint(tr: GanTrainer, name=name) -> None:
-            path = ckpt_dir / f"{name}-step{tr.step:07d}.pt"
-            save_state(path, tr.state_dict())
-            ctx.add_checkpoint(name, tr.step, path)
-            for old in _checkpoints(ckpt_dir, name)[KEEP_CHECKPOINTS:]:
-                old.unlink(missing_ok=True)
-
-        def samples(step: int, images: list[torch.Tensor], name=name) -> None:
-            ctx.add_artifact(f"samples/{name}/step{step:07d}.png", "image/png", sample_grid_png(images))
-
-        finished = trainer.train(steps, progress_fn=progress, abort_fn=ctx.should_abort, checkpoint_fn=checkpoint,
-                                 checkpoint_every=ckpt_every, sample_fn=samples, sample_every=sample_every)
-        trainer.close()
-        if not finished:
-            raise JobAborted("cancelled")
-        if trainer.step % max(ckpt_every, 1) != 0 or ckpt_every == 0:
-            checkpoint(trainer)
-        samples(trainer.step, trainer.sample_fixed())
-        history = trainer.history
-        ctx.add_artifact(f"loss_curves_{name}.png", "image/png",
-                         loss_curves_png(history, keys=("d_loss", "g_loss", "gp", "wasserstein"),
-                                         title=f"MSG-GAN losses, {name}"))
-        ctx.add_artifact(f"loss_history_{name}.json", "application/json", json.dumps(history).encode())
-        model_id = stable_id(ctx.job_id, "generator", name)
-        path = models_dir / f"{model_id}.pt"
-        save_state(path, {"kind": "generator", "label": label, "config": config.to_dict(),
-                          "state_dict": trainer.ema_generator_state()})
-        elapsed = time.perf_counter() - started
-        last = history[-1] if history else {}
+        _train_label(ctx, trainer, ckpts, position, metrics)
+        _save_figures(ctx, name, trainer.history)
+        last = trainer.history[-1] if trainer.history else {}
         metrics[name] = {"step": trainer.step, "resumed_from_step": resumed_from,
-                         "s_per_step": round(elapsed / max(trainer.step - start_step, 1), 4),
-                         "speed": trainer.speed.describe(),
-                         **{k: round(v, 5) for k, v in last.items()}}
-        with session_scope(ctx.db_url) as s:
-            version = next_version(s, "generator", label)
-            promote = not has_promoted(s, "generator", label)
-        rows.append(ModelVersion(id=model_id, kind="generator", label=label, version=version, job_id=ctx.job_id,
-                                 path=str(path), config={**config.to_dict(), "preset": p["preset"],
-                                                         "dataset_id": p["dataset_id"], "steps": steps,
-                                                         "train_patients": sorted(set(index["patient"][label_rows].tolist())),
-                                                         "holdout_patients": holdout,
-                                                         "holdout_fraction": float(p.get("holdout_fraction", 0.0))},
-                                 metrics=metrics[name], promoted=promote))
-        result_models[str(label)] = model_id
-    return Outcome(result={"model_ids": result_models, "dataset_id": p["dataset_id"], "steps": steps,
+                         "s_per_step": round((time.perf_counter() - started) / max(trainer.step - start_step, 1), 4),
+                         "speed": trainer.speed.describe(), **{k: round(v, 5) for k, v in last.items()}}
+        rows.append(_generator_row(ctx, label, config, trainer, data, metrics[name]))
+        model_ids[str(label)] = rows[-1].id
+    return Outcome(result={"model_ids": model_ids, "dataset_id": p["dataset_id"], "steps": p["steps"],
                            "device": device}, metrics=metrics, rows=rows)

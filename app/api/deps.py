@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
 from app.problems import Problem
+from app.queue import JobQueue
 from app.settings import Settings
 from app.storage import Storage
 
@@ -27,8 +28,12 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_storage(request: Request) -> Storage:
-    return Storage(request.app.state.settings.resolved_storage_dir)
+async def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+async def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
 
 
 Row = TypeVar("Row")
@@ -45,3 +50,4 @@ def get_or_404(session: Session, table: type[Row], row_id: str, noun: str) -> Ro
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]

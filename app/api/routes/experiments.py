@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Response
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import QueueDep, SessionDep, SettingsDep
 from app.api.schemas import JobPublic, job_public
 from app.job_kinds import validate_params
 from app.submit import submit
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 @router.post("", status_code=202, response_model=JobPublic)
 def create_experiment(
-    response: Response, session: SessionDep, settings: SettingsDep,
+    response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
     body: Annotated[dict[str, Any], Body(examples=[{"dataset_id": "<id>", "fraction": 0.05, "steps": 2000,
                                                     "weights": "none", "mode": "finetune", "epochs": 3,
                                                     "input_size": 64}])],
@@ -24,7 +24,7 @@ def create_experiment(
 ) -> JobPublic:
     """Body: the experiment job's params (README, Job kinds); its steps appear as `children`."""
     params = validate_params("experiment", body, settings, session)
-    job, created = submit(session, settings, "experiment", params, idempotency_key)
+    job, created = submit(session, settings, queue, "experiment", params, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Response
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import QueueDep, SessionDep, SettingsDep
 from app.api.schemas import JobPublic, job_public
 from app.job_kinds import validate_params
 from app.submit import submit
@@ -16,12 +16,12 @@ router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 @router.post("", status_code=202, response_model=JobPublic)
 def create_generation(
-    response: Response, session: SessionDep, settings: SettingsDep,
+    response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
     body: Annotated[dict[str, Any], Body(examples=[{"label": "IDC+", "n": 64, "seed": 1}])],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     """Body: {"label": "IDC+"|"IDC-"|1|0, "n": N, "seed"?: S, "model_id"?: M, "size"?: 64|50}."""
     params = validate_params("generate", body, settings, session)
-    job, created = submit(session, settings, "generate", params, idempotency_key)
+    job, created = submit(session, settings, queue, "generate", params, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_public(session, job)

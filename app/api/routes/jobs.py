@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from app import jobs
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import QueueDep, SessionDep, SettingsDep
 from app.api.schemas import JobCreate, JobList, JobPublic, job_public
 from app.job_kinds import validate_params
 from app.submit import submit
@@ -18,11 +18,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 @router.post("", status_code=202, response_model=JobPublic)
 def create_job(
-    body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep,
+    body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     params = validate_params(body.kind, body.params, settings, session)
-    job, created = submit(session, settings, body.kind, params, idempotency_key)
+    job, created = submit(session, settings, queue, body.kind, params, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from app import model_registry
 from app.api.deps import SessionDep, get_or_404
 from app.db import page
 from app.api.schemas import ModelList, ModelPublic, model_public
+from app.problems import Problem
 from app.tables import ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -42,11 +45,13 @@ def get_model(model_id: str, session: SessionDep) -> ModelPublic:
 def promote_model(model_id: str, session: SessionDep, request: Request) -> ModelPublic:
     """Make this version the one used by default (generators: per label; classifiers: for /predictions)."""
     model = get_or_404(session, ModelVersion, model_id, "model")
-    same_slot = (ModelVersion.kind == model.kind) & (
-        ModelVersion.label.is_(None) if model.label is None else ModelVersion.label == model.label)
-    session.execute(update(ModelVersion).where(same_slot).values(promoted=False))
-    session.execute(update(ModelVersion).where(ModelVersion.id == model_id).values(promoted=True))
-    session.commit()
+    try:
+        model_registry.promote(session, model)
+        session.commit()
+    except IntegrityError as exc:  # another promotion in the same slot committed first
+        session.rollback()
+        raise Problem(409, "Promotion conflict", "Another version of this slot was promoted at the same moment; "
+                      "read the models again and retry.") from exc
     session.refresh(model)
     predictor = getattr(request.app.state, "predictor", None)
     if predictor is not None and model.kind == "classifier":

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from app.api.deps import SettingsDep, StorageDep
 from app.problems import Problem
-from app.storage import atomic_writer
+from app.storage import Storage
 from app.tables import new_id
 from app.uploads import zip_problems
 
@@ -27,10 +27,10 @@ class UploadPublic(BaseModel):
 async def upload_zip(request: Request, settings: SettingsDep, storage: StorageDep) -> UploadPublic:
     """Send the zip as the raw request body (Content-Type: application/zip)."""
     upload_id = new_id()
-    path = storage.upload_path(upload_id)
     size = 0
-    try:
-        with atomic_writer(path) as fh:
+    with storage.scratch("uploads", upload_id) as work:  # removed whatever happens
+        path = work / "upload.zip"
+        with open(path, "wb") as fh:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
@@ -45,7 +45,5 @@ async def upload_zip(request: Request, settings: SettingsDep, storage: StorageDe
             n_entries = len(zf.infolist())
         if problems:
             raise Problem(422, "Zip refused", "; ".join(problems[:5]), problems=problems[:50])
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+        storage.move_file(Storage.upload_key(upload_id), path)
     return UploadPublic(upload_id=upload_id, size_bytes=size, n_entries=n_entries)
