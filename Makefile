@@ -17,8 +17,11 @@ install: $(BIN)/.installed
 serve: install
 	$(BIN)/histosynth serve --port $(PORT)
 
+# The whole suite on the local storage folder, then the service tests again on the real S3
+# object store (SeaweedFS, started by the tests; the two-machine test runs on S3 already).
 test: install
 	$(BIN)/python -m pytest -q -ra
+	HISTOSYNTH_TEST_STORAGE=s3 $(BIN)/python -m pytest -q -ra -m integration --ignore=tests/test_two_machines.py
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"

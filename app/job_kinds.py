@@ -1,5 +1,11 @@
 """Job kinds and their parameters: validated when a job is posted, so bad input gets a 422
-before anything is queued, and a worker never sees parameters it cannot use."""
+before anything is queued, and a worker never sees parameters it cannot use.
+
+Each kind's pydantic model is the one source of its parameters: their defaults live here
+only. What a `check_*` function resolves at submission (the promoted generator, the audit's
+generator and training set) is a declared optional field, filled in and validated again, so
+the stored JSON is exactly `model_dump` of a valid model and a worker reads it back typed
+(`stored_params`, `JobContext.p`)."""
 
 from __future__ import annotations
 
@@ -7,9 +13,9 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, computed_field, model_validator
 from sqlalchemy.orm import Session
 
 from app import model_registry
@@ -20,7 +26,25 @@ from app.uploads import zip_problems
 
 
 class Params(BaseModel):
+    # Unknown keys are a 422 on submission; a stored job is read back just as strictly
+    # (`stored_params`), so a key that is not a field is never silently dropped.
     model_config = ConfigDict(extra="forbid")
+
+    def inputs(self) -> dict[str, Any]:
+        """The fields as a request or a stored job gives them: unset optionals and computed
+        fields (derived again on validation) left out."""
+        return self.model_dump(exclude_none=True, exclude=set(type(self).model_computed_fields))
+
+
+P = TypeVar("P", bound=Params)
+
+
+def _resolved(params: P, **resolved: Any) -> P:
+    """`params` with the fields a check resolved at submission filled in, validated again."""
+    return type(params).model_validate({**params.inputs(), **resolved})
+
+
+RESOLVED = "Resolved at submission when left out (and stored with the job). "
 
 
 class IngestParams(Params):
@@ -93,6 +117,7 @@ class TrainGanParams(Params):
     sample_every: int = Field(500, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @computed_field(description="The labels trained, one model each: derived from `label`, stored with the job.")
     @property
     def labels(self) -> list[int]:
         return [0, 1] if self.label == "both" else [self.label]
@@ -124,7 +149,7 @@ class GenerateParams(Params):
     label: Label
     n: int = Field(gt=0)
     seed: int = Field(0, ge=0)
-    model_id: str | None = None
+    model_id: str | None = Field(None, description=RESOLVED + "Default: the label's promoted generator.")
     size: Literal[64, 50] = 64
     batch_size: int = Field(256, ge=1, le=4096)
     name: str | None = Field(None, max_length=200)
@@ -132,7 +157,7 @@ class GenerateParams(Params):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU, fp32 on a CPU")
 
 
-def check_generate(params: GenerateParams, settings: Settings, session: Session) -> dict[str, Any]:
+def check_generate(params: GenerateParams, settings: Settings, session: Session) -> GenerateParams | None:
     from app.tables import ModelVersion
 
     if params.n > settings.max_generate_n:
@@ -144,7 +169,7 @@ def check_generate(params: GenerateParams, settings: Settings, session: Session)
             raise Problem(409, "No generator for that label",
                           f"No promoted generator for label {params.label}: run a train_gan job on a dataset with "
                           "that label, or pass model_id.")
-        return {"model_id": model.id}
+        return _resolved(params, model_id=model.id)
     model = session.get(ModelVersion, params.model_id)
     if model is None:
         raise Problem(422, "Unknown model", f"No model with id {params.model_id!r}.")
@@ -153,7 +178,7 @@ def check_generate(params: GenerateParams, settings: Settings, session: Session)
     if model.label != params.label:
         raise Problem(422, "Generator is for the other label",
                       f"Model {model.id} draws label {model.label}, the request asks for label {params.label}.")
-    return {}
+    return None
 
 
 class ClassifierParams(Params):
@@ -165,6 +190,14 @@ class ClassifierParams(Params):
     max_per_class: int | None = Field(None, ge=1, description="Subsample each class (seeded) for CPU-scale runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    def classifier_settings(self) -> dict[str, Any]:
+        """What models.classifier.config_from takes: the ClassifierConfig fields of these params."""
+        return {"weights": self.weights, "mode": self.mode, "epochs": self.epochs, "input_size": self.input_size,
+                **self._classifier_overrides()}
+
+    def _classifier_overrides(self) -> dict[str, Any]:
+        return self.overrides
+
 
 def _check_classifier(params: ClassifierParams) -> None:
     from models.classifier import config_from
@@ -173,8 +206,7 @@ def _check_classifier(params: ClassifierParams) -> None:
         raise Problem(422, "Weights file not found",
                       f"weights={params.weights!r} is neither 'imagenet', 'none' nor an existing file on the server.")
     try:
-        config_from({"weights": params.weights, "mode": params.mode, "epochs": params.epochs,
-                     "input_size": params.input_size, **params.overrides})
+        config_from(params.classifier_settings())
     except (TypeError, ValueError) as exc:
         raise Problem(422, "Invalid classifier settings", str(exc)) from exc
 
@@ -219,19 +251,30 @@ def check_evaluate(params: EvaluateParams, settings: Settings, session: Session)
 
 class AuditParams(Params):
     synthetic_dataset_id: str
-    train_dataset_id: str | None = Field(None, description="Default: the dataset the generator was trained on")
+    train_dataset_id: str | None = Field(None, description=RESOLVED + "Default: the dataset the generator was trained on")
     holdout_dataset_id: str | None = Field(None, description="Default: the generator's recorded holdout patients")
     features: Literal["domain", "inception"] = "domain"
-    classifier_model_id: str | None = Field(None, description="domain features: default the promoted classifier")
+    classifier_model_id: str | None = Field(None, description=RESOLVED + "domain features: default the promoted "
+                                            "classifier (none for inception features)")
     max_samples: int = Field(10_000, ge=10, le=200_000)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    generator_id: str | None = Field(None, description=RESOLVED + "The generator that drew the synthetic dataset; "
+                                     "when given it must be that one.")
+    label: Label | None = Field(None, description=RESOLVED + "That generator's label; when given it must be that one.")
 
 
-def check_audit(params: AuditParams, settings: Settings, session: Session) -> dict[str, Any]:
+def check_audit(params: AuditParams, settings: Settings, session: Session) -> AuditParams:
     from app.audit_inputs import resolve_audit_inputs
 
-    return resolve_audit_inputs(params, settings, session)
+    resolved = resolve_audit_inputs(params, settings, session)
+    for name in ("generator_id", "label"):
+        given = getattr(params, name)
+        if given is not None and given != resolved[name]:
+            raise Problem(422, f"{name} does not match the synthetic dataset",
+                          f"Dataset {params.synthetic_dataset_id} was drawn by generator {resolved['generator_id']} "
+                          f"(label {resolved['label']}); the request gives {name}={given!r}.")
+    return _resolved(params, **resolved)
 
 
 class ExperimentParams(ClassifierParams):
@@ -251,6 +294,10 @@ class ExperimentParams(ClassifierParams):
     domain_epochs: int = Field(3, ge=1, le=1000, description="Epochs of the audit's domain ResNet18 (64 px, finetune)")
     seed: int = 0
 
+    def _classifier_overrides(self) -> dict[str, Any]:
+        # The evaluate step's classifier: `overrides` are the GAN's here.
+        return self.classifier_overrides
+
 
 def check_experiment(params: ExperimentParams, settings: Settings, session: Session) -> None:
     from models.gan_speed import TrainSpeed
@@ -269,13 +316,15 @@ def check_experiment(params: ExperimentParams, settings: Settings, session: Sess
         TrainSpeed.from_dict(params.speed)
     except (TypeError, ValueError) as exc:
         raise Problem(422, "Invalid GAN settings", str(exc)) from exc
-    _check_classifier(params.model_copy(update={"overrides": params.classifier_overrides}))
+    _check_classifier(params)
 
 
 @dataclass(frozen=True)
 class KindSpec:
     params: type[Params]
-    check: Callable[[Any, Settings, Session], dict[str, Any] | None] | None = None
+    # Raises a Problem, or returns the params with what it resolved filled in (None when it
+    # resolved nothing); the params it returns are what the job stores.
+    check: Callable[[Any, Settings, Session], Params | None] | None = None
     description: str = ""
 
 
@@ -301,9 +350,16 @@ def validate_params(kind: str, raw: dict[str, Any], settings: Settings, session:
         errors = _clean_errors(list(exc.errors()))
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in errors[:5])
         raise Problem(422, f"Invalid parameters for a {kind} job", detail, errors=errors) from exc
-    extra = spec.check(params, settings, session) if spec.check is not None else None
-    # Resolved defaults (such as the promoted model) are stored so a job re-runs identically.
-    out = params.model_dump(exclude_none=True)
-    if isinstance(params, TrainGanParams):
-        out["labels"] = params.labels
-    return {**out, **(extra or {})}
+    resolved = spec.check(params, settings, session) if spec.check is not None else None
+    if resolved is not None:
+        params = resolved
+    # Resolved defaults (such as the promoted model) are stored so a job re-runs identically;
+    # computed fields (train_gan's labels) are stored too, for whoever reads the job's JSON.
+    return params.model_dump(exclude_none=True)
+
+
+def stored_params(kind: str, stored: dict[str, Any]) -> Params:
+    """A stored job's params read back as its kind's model (what a worker reads, typed).
+    Computed fields in the stored JSON are left out: the model derives them again."""
+    model = KINDS[kind].params
+    return model.model_validate({k: v for k, v in stored.items() if k not in model.model_computed_fields})

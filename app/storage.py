@@ -220,24 +220,8 @@ class Storage:
             info = self.fs.info(self._full(key))
         except FileNotFoundError as exc:
             raise StorageError(f"no object {key!r} in {self.url}") from exc
-        tag = str(info.get("ETag") or info.get("etag") or info.get("size")).strip('"')
-        digest = hashlib.sha256(f"{self.url}/{key}@{tag}".encode()).hexdigest()[:32]
-        path = self.cache_dir / digest / Path(key).name
-        with self._cache_lock:
-            if path.is_file() and path.stat().st_size == int(info["size"]):
-                os.utime(path)  # recently used: trimmed last
-                return path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".fetch.", dir=path.parent)
-            os.close(fd)
-            try:
-                self.fs.get_file(self._full(key), tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            self._trim_cache(keep=path.parent)
-        return path
+        entry = self._fetch(f"{key}@{_etag(info)}", {Path(key).name: key})
+        return entry / Path(key).name
 
     def local_tree(self, prefix: str) -> Path:
         """A local folder with every object under `prefix` (a dataset, for np.memmap)."""
@@ -246,31 +230,53 @@ class Storage:
             if not path.is_dir():
                 raise StorageError(f"no folder {prefix!r} in {self.url}")
             return path
-        keys = self.list(prefix)
+        try:
+            infos = self.fs.find(self._full(prefix), detail=True)
+        except FileNotFoundError:
+            infos = {}
+        start = len(self.base.rstrip("/")) + 1
+        keys = {full[start:]: info for full, info in infos.items() if info.get("type", "file") != "directory"}
         if not keys:
             raise StorageError(f"no folder {prefix!r} in {self.url}")
-        digest = hashlib.sha256(f"{self.url}/{prefix}".encode()).hexdigest()[:32]
-        folder = self.cache_dir / "trees" / digest
-        for key in keys:
-            target = folder / key[len(prefix) + 1:]
-            source = self.local_path(key)
-            if not (target.exists() and os.path.samefile(source, target)):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.unlink(missing_ok=True)
-                os.link(source, target)  # hard link: the cached bytes, not a second copy
-        return folder
+        tag = ",".join(f"{k}@{_etag(i)}" for k, i in sorted(keys.items()))
+        return self._fetch(tag, {k[len(prefix) + 1:]: k for k in keys})
+
+    def _fetch(self, tag: str, files: dict[str, str]) -> Path:
+        """The cache entry for `tag` (content identity: keys and ETags) holding `files`
+        (relative name -> key), downloaded into a temp folder and renamed into place once."""
+        entry = self.cache_dir / hashlib.sha256(f"{self.url}|{tag}".encode()).hexdigest()[:32]
+        with self._cache_lock:
+            if (entry / ".complete").is_file():
+                os.utime(entry)  # recently used: trimmed last
+                return entry
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".fetch.", dir=self.cache_dir))
+            try:
+                for name, key in files.items():
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    self.fs.get_file(self._full(key), str(tmp / name))
+                (tmp / ".complete").touch()
+                if entry.exists():
+                    shutil.rmtree(entry)
+                os.replace(tmp, entry)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._trim_cache(keep=entry)
+        return entry
 
     def _trim_cache(self, keep: Path) -> None:
-        entries = [d for d in self.cache_dir.iterdir() if d.is_dir() and d.name != "trees"]
-        sizes = {d: sum(f.stat().st_size for f in d.iterdir() if f.is_file()) for d in entries}
+        """Drop least recently used entries until the cache fits its bound. A memmap still open
+        on a dropped file keeps its bytes until it is closed (POSIX unlink semantics)."""
+        entries = [d for d in self.cache_dir.iterdir() if d.is_dir() and not d.name.startswith(".fetch.")]
+        sizes = {d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in entries}
         total = sum(sizes.values())
         for d in sorted(entries, key=lambda d: d.stat().st_mtime):
             if total <= self.cache_max_bytes:
                 break
-            if d == keep:
-                continue
-            shutil.rmtree(d, ignore_errors=True)  # a hard link in trees/ keeps an open memmap's bytes
-            total -= sizes[d]
+            if d != keep:
+                shutil.rmtree(d, ignore_errors=True)
+                total -= sizes[d]
 
     # -- key makers ------------------------------------------------------------------------
     @staticmethod
@@ -292,6 +298,12 @@ class Storage:
     @staticmethod
     def upload_key(upload_id: str) -> str:
         return f"uploads/{upload_id}.zip"
+
+
+def _etag(info: dict) -> str:
+    """An object's content identity: its ETag (S3), else size and mtime."""
+    tag = info.get("ETag") or info.get("etag")
+    return str(tag).strip('"') if tag else f"{info.get('size')}-{info.get('LastModified') or info.get('mtime')}"
 
 
 def fsync_dir(path: Path) -> None:

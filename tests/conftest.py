@@ -179,16 +179,29 @@ def service_env(home: Path, database_url: str, broker_url: str | None, **extra: 
     return env
 
 
+def storage_backend() -> str:
+    """HISTOSYNTH_TEST_STORAGE=s3 runs the service tests against the real S3 object store
+    (`make test` runs them both ways); default: the local storage folder."""
+    backend = os.environ.get("HISTOSYNTH_TEST_STORAGE", "local")
+    if backend not in ("local", "s3"):
+        pytest.fail(f"HISTOSYNTH_TEST_STORAGE must be 'local' or 's3', got {backend!r}", pytrace=False)
+    return backend
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, redis_url) -> Iterator[Service]:
+def service(request, tmp_path_factory, redis_url) -> Iterator[Service]:
     """The production shape: Postgres + Redis + API process + one worker process, with a
-    database of its own per test module (so promotions in one module do not leak into another)."""
+    database of its own per test module (so promotions in one module do not leak into another),
+    storing in a folder or, with HISTOSYNTH_TEST_STORAGE=s3, in the S3 store under a prefix of its own."""
     from app.migrate import upgrade_head
 
+    extra = {}
+    if storage_backend() == "s3":
+        extra = request.getfixturevalue("s3_endpoint").storage_env(f"service-{uuid.uuid4().hex[:10]}")
     with fresh_database() as url:
         upgrade_head(url)
         home = tmp_path_factory.mktemp("service")
-        svc = Service(service_env(home, url, redis_url), home)
+        svc = Service(service_env(home, url, redis_url, **extra), home)
         svc.start_api()
         svc.start_worker()
         try:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from app.db import session_scope
+from app.job_kinds import AuditParams
 from app.packed import LabelView, open_patches, read_index
 from app.tables import Dataset, ModelVersion
 from models.audit import audit_markdown, run_audit
@@ -20,6 +22,7 @@ from worker.figures import distance_histogram_png, pairs_grid_png
 from worker.models_store import pick_device
 
 CLOSEST_PAIRS = 16
+T = TypeVar("T")
 
 
 def sha256_file(path: Path) -> str:
@@ -28,6 +31,13 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _resolved(value: T | None, name: str) -> T:
+    """A field the audit's submission resolves (app.audit_inputs): always stored with the job."""
+    if value is None:
+        raise UserError(f"no {name}: an audit job's inputs are resolved when it is posted")
+    return value
 
 
 def _dataset(ctx: JobContext, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -41,8 +51,8 @@ def _dataset(ctx: JobContext, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _extractor(ctx: JobContext) -> FeatureExtractor:
-    p = ctx.params
-    if p.get("features", "domain") == "inception":
+    p: AuditParams = ctx.p
+    if p.features == "inception":
         from app.audit_inputs import inception_search_dirs
 
         try:
@@ -51,14 +61,15 @@ def _extractor(ctx: JobContext) -> FeatureExtractor:
             raise UserError(str(exc)) from exc
     from models.classifier import load_classifier
 
+    model_id = _resolved(p.classifier_model_id, "classifier_model_id")
     with session_scope(ctx.db_url) as s:
-        row = s.get(ModelVersion, p["classifier_model_id"])
+        row = s.get(ModelVersion, model_id)
         if row is None:
-            raise UserError(f"classifier {p['classifier_model_id']} no longer exists")
+            raise UserError(f"classifier {model_id} no longer exists")
         key, version = row.key, row.version
     path = ctx.storage.local_path(key)
     model, config = load_classifier(path)
-    return domain_extractor(model, config.input_size, {"model_id": p["classifier_model_id"], "model_version": version,
+    return domain_extractor(model, config.input_size, {"model_id": model_id, "model_version": version,
                                                        "sha256": sha256_file(path)})
 
 
@@ -67,10 +78,11 @@ def extractor_overlap(ctx: JobContext, train_patients: set[str], holdout_patient
     holdout set. A classifier that saw them maps them differently from unseen patients, which
     biases the real floor and the synthetic-vs-holdout numbers (features of seen patches are
     more extreme); the report says so."""
-    if ctx.params.get("features", "domain") != "domain":
+    p: AuditParams = ctx.p
+    if p.features != "domain":
         return None
     with session_scope(ctx.db_url) as s:
-        row = s.get(ModelVersion, ctx.params["classifier_model_id"])
+        row = s.get(ModelVersion, _resolved(p.classifier_model_id, "classifier_model_id"))
         dataset_id = (row.config or {}).get("dataset_id") if row is not None else None
     if not dataset_id:
         return {"known": False}
@@ -84,49 +96,51 @@ def extractor_overlap(ctx: JobContext, train_patients: set[str], holdout_patient
 
 
 def handle_audit(ctx: JobContext) -> Outcome:
-    p = ctx.params
-    label = int(p["label"])
+    p: AuditParams = ctx.p
+    label = _resolved(p.label, "label")
+    generator_id = _resolved(p.generator_id, "generator_id")
+    train_dataset_id = _resolved(p.train_dataset_id, "train_dataset_id")
     with session_scope(ctx.db_url) as s:
-        generator = s.get(ModelVersion, p["generator_id"])
+        generator = s.get(ModelVersion, generator_id)
         if generator is None:
-            raise UserError(f"generator {p['generator_id']} no longer exists")
+            raise UserError(f"generator {generator_id} no longer exists")
         g_config = dict(generator.config or {})
-    synth, synth_index = _dataset(ctx, p["synthetic_dataset_id"])
-    real, real_index = _dataset(ctx, p["train_dataset_id"])
+    synth, synth_index = _dataset(ctx, p.synthetic_dataset_id)
+    real, real_index = _dataset(ctx, train_dataset_id)
     trained_on = g_config.get("train_patients")
     train_rows = real_index["label"] == label
     if trained_on:
         train_rows &= np.isin(real_index["patient"], trained_on)
     train = LabelView(real, np.flatnonzero(train_rows))
-    if p.get("holdout_dataset_id"):
-        hold_arr, hold_index = _dataset(ctx, p["holdout_dataset_id"])
+    if p.holdout_dataset_id:
+        hold_arr, hold_index = _dataset(ctx, p.holdout_dataset_id)
         shared = set(hold_index["patient"].tolist()) & set(trained_on or real_index["patient"][train_rows].tolist())
         if shared:
             raise UserError(f"the holdout shares {len(shared)} patient(s) with the generator's training set, "
                             f"e.g. {sorted(shared)[:3]}")
         holdout = LabelView(hold_arr, np.flatnonzero(hold_index["label"] == label))
-        holdout_source = {"dataset_id": p["holdout_dataset_id"]}
+        holdout_source = {"dataset_id": p.holdout_dataset_id}
     else:
         held = g_config["holdout_patients"]
         holdout = LabelView(real, np.flatnonzero((real_index["label"] == label) & np.isin(real_index["patient"], held)))
-        holdout_source = {"dataset_id": p["train_dataset_id"], "patients": len(held)}
+        holdout_source = {"dataset_id": train_dataset_id, "patients": len(held)}
     synthetic = LabelView(synth, np.flatnonzero(synth_index["label"] == label))
     for name, view in (("synthetic", synthetic), ("train", train), ("holdout", holdout)):
         if len(view) < 10:
             raise UserError(f"the {name} set has {len(view)} patches of label {label}; the audit needs at least 10")
 
-    result = run_audit(synthetic, train, holdout, _extractor(ctx), max_samples=int(p.get("max_samples", 10_000)),
-                       seed=int(p.get("seed", 0)), device=pick_device(p.get("device", "auto")),
+    result = run_audit(synthetic, train, holdout, _extractor(ctx), max_samples=p.max_samples,
+                       seed=p.seed, device=pick_device(p.device),
                        progress_fn=lambda c, t, info: ctx.progress(c, t, info.get("stage")))
     train_set = set(real_index["patient"][train_rows].tolist())
-    hold_set = (set(hold_index["patient"].tolist()) if p.get("holdout_dataset_id")
+    hold_set = (set(hold_index["patient"].tolist()) if p.holdout_dataset_id
                 else set(g_config["holdout_patients"]))
-    summary = {**result.summary, "generator_id": p["generator_id"], "label": label,
+    summary = {**result.summary, "generator_id": generator_id, "label": label,
                "extractor_overlap": extractor_overlap(ctx, train_set, hold_set),
-               "datasets": {"synthetic": p["synthetic_dataset_id"], "train": p["train_dataset_id"],
+               "datasets": {"synthetic": p.synthetic_dataset_id, "train": train_dataset_id,
                             "holdout": holdout_source}}
-    context = {"synthetic dataset": p["synthetic_dataset_id"], "generator": p["generator_id"],
-               "label": "IDC+" if label else "IDC-", "training dataset": p["train_dataset_id"],
+    context = {"synthetic dataset": p.synthetic_dataset_id, "generator": generator_id,
+               "label": "IDC+" if label else "IDC-", "training dataset": train_dataset_id,
                "holdout": json.dumps(holdout_source)}
     artifacts = {"audit_md": ctx.add_artifact("audit.md", "text/markdown", audit_markdown(summary, context=context).encode()),
                  "audit_json": ctx.add_artifact("audit.json", "application/json", json.dumps(summary, indent=1).encode())}
@@ -143,8 +157,8 @@ def handle_audit(ctx: JobContext) -> Outcome:
         "closest_pairs.png", "image/png",
         pairs_grid_png(synthetic[result.synthetic_rows[order]], train[result.train_rows[nearest_train]]))
     headline = _headline(summary)
-    model_metrics = {**(generator_metrics(ctx, p["generator_id"])), "audit": {**headline, "job_id": ctx.job_id}}
-    row = ModelVersion(id=p["generator_id"], metrics=model_metrics)
+    model_metrics = {**(generator_metrics(ctx, generator_id)), "audit": {**headline, "job_id": ctx.job_id}}
+    row = ModelVersion(id=generator_id, metrics=model_metrics)
     return Outcome(result={"summary": headline, "artifacts": artifacts}, metrics=summary, rows=[row])
 
 

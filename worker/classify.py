@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from app.db import session_scope
+from app.job_kinds import ClassifierParams, EvaluateParams, TrainClassifierParams
 from app.storage import Storage
 from app.packed import ConcatView, LabelView, open_patches, read_index
 from app.tables import Dataset, ModelVersion
@@ -54,9 +55,9 @@ def _cap_per_class(labels: np.ndarray, cap: int | None, seed: int) -> np.ndarray
     return np.sort(np.concatenate(keep))
 
 
-def _config(p: dict) -> ClassifierConfig:
+def _config(p: ClassifierParams) -> ClassifierConfig:
     try:
-        return config_from({k: p[k] for k in ("weights", "mode", "epochs", "input_size") if k in p} | p.get("overrides", {}))
+        return config_from(p.classifier_settings())
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from exc
 
@@ -69,13 +70,12 @@ def _progress(ctx: JobContext, what: str):  # noqa: ANN202
 
 
 def handle_train_classifier(ctx: JobContext) -> Outcome:
-    p = ctx.params
+    p: TrainClassifierParams = ctx.p
     config = _config(p)
-    device = pick_device(p.get("device", "auto"))
-    images, labels, patients = _load(ctx, [p["dataset_id"]])
-    rows = _cap_per_class(labels, p.get("max_per_class"), p.get("split_seed", 0))
-    train_idx, val_idx = split_indices(patients[rows], labels[rows], p.get("val_fraction", 0.2),
-                                       p.get("split_by", "patient"), p.get("split_seed", 0))
+    device = pick_device(p.device)
+    images, labels, patients = _load(ctx, [p.dataset_id])
+    rows = _cap_per_class(labels, p.max_per_class, p.split_seed)
+    train_idx, val_idx = split_indices(patients[rows], labels[rows], p.val_fraction, p.split_by, p.split_seed)
     train_rows, val_rows = rows[train_idx], rows[val_idx]
     try:
         model, history = train_classifier(config, LabelView(images, train_rows), labels[train_rows],
@@ -97,37 +97,37 @@ def handle_train_classifier(ctx: JobContext) -> Outcome:
                          roc_curve_png(val["roc"]["fpr"], val["roc"]["tpr"], val["auc"], "Validation ROC"))
     summary = {k: val[k] for k in ("accuracy", "precision", "recall", "f1", "auc") if k in val}
     metrics = {"val": summary, "n_train": int(len(train_rows)), "n_val": int(len(val_rows)),
-               "split_by": p.get("split_by", "patient"), "final_train_loss": history[-1]["train_loss"] if history else None}
+               "split_by": p.split_by, "final_train_loss": history[-1]["train_loss"] if history else None}
     # numbered (and never auto-promoted) by app.model_registry when the success is recorded
     row = ModelVersion(id=model_id, kind="classifier", label=None, job_id=ctx.job_id, key=key,
-                       config={**config.to_dict(), "dataset_id": p["dataset_id"]}, metrics=metrics)
+                       config={**config.to_dict(), "dataset_id": p.dataset_id}, metrics=metrics)
     return Outcome(result={"model_id": model_id, "val": summary}, metrics=metrics, rows=[row])
 
 
 def handle_evaluate(ctx: JobContext) -> Outcome:
-    p = ctx.params
+    p: EvaluateParams = ctx.p
     config = _config(p)
-    device = pick_device(p.get("device", "auto"))
-    seed = int(p.get("seed", 0))
-    real, real_labels, real_patients = _load(ctx, [p["real_dataset_id"]])
-    synth, synth_labels, _ = _load(ctx, p["synthetic_dataset_ids"])
+    device = pick_device(p.device)
+    seed = p.seed
+    real, real_labels, real_patients = _load(ctx, [p.real_dataset_id])
+    synth, synth_labels, _ = _load(ctx, p.synthetic_dataset_ids)
     if len(np.unique(synth_labels)) < 2:
         raise UserError("the synthetic datasets hold one label only; the protocol needs IDC- and IDC+")
-    r_rows = _cap_per_class(real_labels, p.get("max_per_class"), seed)
-    s_rows = _cap_per_class(synth_labels, p.get("max_per_class"), seed)
+    r_rows = _cap_per_class(real_labels, p.max_per_class, seed)
+    s_rows = _cap_per_class(synth_labels, p.max_per_class, seed)
     try:
         result = run_four_way(LabelView(real, r_rows), real_labels[r_rows], real_patients[r_rows],
                               LabelView(synth, s_rows), synth_labels[s_rows], config,
-                              split_by=p.get("split_by", "patient"), seed=seed,
-                              test_fraction=p.get("test_fraction", 0.3), progress_fn=_progress(ctx, "protocol"),
-                              augment_fraction=p.get("augment_fraction", 0.0), bootstrap=p.get("bootstrap", 1000),
+                              split_by=p.split_by, seed=seed,
+                              test_fraction=p.test_fraction, progress_fn=_progress(ctx, "protocol"),
+                              augment_fraction=p.augment_fraction, bootstrap=p.bootstrap,
                               abort_fn=ctx.should_abort, device=device)
     except TrainingAborted as exc:
         raise JobAborted("cancelled") from exc
     except (WeightsUnavailableError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
-    result["datasets"] = {"real": p["real_dataset_id"], "synthetic": p["synthetic_dataset_ids"]}
-    result["max_per_class"] = p.get("max_per_class")
+    result["datasets"] = {"real": p.real_dataset_id, "synthetic": p.synthetic_dataset_ids}
+    result["max_per_class"] = p.max_per_class
     artifacts = {}
     for name, row in result["rows"].items():
         m = row["metrics"]

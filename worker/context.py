@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import functools
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import jobs, model_registry
 from app.db import session_scope
+from app.job_kinds import Params, stored_params
 from app.settings import Settings
 from app.storage import Storage
 from app.tables import Artifact, Checkpoint, ModelVersion
@@ -62,12 +64,24 @@ class JobContext:
         self.settings = settings
         # The handler table this job runs under: a parent job (experiment) runs its children with it.
         self.handlers: dict[str, Handler] = handlers or {}
+        # `params` is the job's JSON as stored; handlers read `p`, the same typed and validated.
         self.job_id, self.kind, self.params, self.owner, self.attempt = job_id, kind, params, owner, attempt
         self.storage = Storage.from_settings(settings)
         self.cancel_requested = False
         self.lease_lost = False
         self._last_progress = 0.0
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def p(self) -> Any:
+        """The job's params as its kind's pydantic model (app.job_kinds: the one place their
+        defaults live), validated once from the stored JSON. Typed `Any` so that a handler
+        annotates its own kind: `p: TrainGanParams = ctx.p`."""
+        try:
+            params: Params = stored_params(self.kind, self.params)
+        except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise UserError(f"the stored params of this {self.kind} job are not valid: {exc}") from exc
+        return params
 
     @property
     def db_url(self) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 
 from app import jobs
 from app.db import session_scope
-from app.job_kinds import validate_params
+from app.job_kinds import ExperimentParams, stored_params, validate_params
 from app.packed import read_index, write_subset
 from app.problems import Problem
 from app.storage import Storage
@@ -42,17 +42,17 @@ STEPS = ("split", "train_gan", "generate_0", "generate_1", "domain_classifier", 
 
 def _split(ctx: JobContext) -> dict[str, str]:
     """The three part datasets (ids derive from the job id: a re-run finds them)."""
-    p = ctx.params
+    p: ExperimentParams = ctx.p
     with session_scope(ctx.db_url) as s:
-        source = s.get(Dataset, p["dataset_id"])
+        source = s.get(Dataset, p.dataset_id)
         if source is None:
-            raise UserError(f"dataset {p['dataset_id']} no longer exists")
+            raise UserError(f"dataset {p.dataset_id} no longer exists")
         source_key, name = source.key, source.name
     folder = ctx.storage.local_tree(source_key)
     index = read_index(folder)
     available = {label: int((index["label"] == label).sum()) for label in (0, 1)}
-    targets = part_targets(available, float(p.get("fraction", 1.0)), float(p.get("holdout_share", 0.1)))
-    parts = split_patients(index["patient"], index["label"], targets, seed=int(p.get("seed", 0)))
+    targets = part_targets(available, p.fraction, p.holdout_share)
+    parts = split_patients(index["patient"], index["label"], targets, seed=p.seed)
     empty = [part for part, patients in parts.items() if not patients]
     if empty:
         raise UserError(f"the dataset's patients do not fill every part (empty: {empty}); use a dataset with more patients")
@@ -66,14 +66,14 @@ def _split(ctx: JobContext) -> dict[str, str]:
         key = Storage.dataset_key(dataset_id)
         with ctx.storage.scratch("jobs", ctx.job_id, f"part-{part}") as staging:
             meta = write_subset(folder, rows, staging / "dataset",
-                                {"kind": "real", "parent_dataset": p["dataset_id"], "part": part})
+                                {"kind": "real", "parent_dataset": p.dataset_id, "part": part})
             ctx.storage.put_tree(key, staging / "dataset")
         with session_scope(ctx.db_url) as s:
             s.merge(Dataset(id=dataset_id, name=f"{name} / {part} part (experiment {ctx.job_id[:8]})", kind="real",
                             job_id=ctx.job_id, key=key, n_patches=meta["n"], patch_size=meta["size"],
                             n_patients=meta["n_patients"], n_edge_patches=0,
                             counts={"by_label": meta["by_label"], "by_patient": meta["by_patient"]},
-                            source={"parent_dataset": p["dataset_id"], "part": part, "patients": patients,
+                            source={"parent_dataset": p.dataset_id, "part": part, "patients": patients,
                                     "targets": {str(k): v for k, v in targets[part].items()}}))
     return ids
 
@@ -106,21 +106,27 @@ def _child(ctx: JobContext, step: str, kind: str, raw: dict[str, Any]) -> dict[s
             time.sleep(1.0)  # another worker runs it
 
 
+def _step_name(kind: str, params: dict[str, Any]) -> str:
+    """A child's name in the report: its kind, with the label for the per-label steps."""
+    return f"{kind}_{stored_params(kind, params).label}" if kind in ("generate", "audit") else kind
+
+
 def handle_experiment(ctx: JobContext) -> Outcome:
-    p = ctx.params
+    p: ExperimentParams = ctx.p
     total = len(STEPS)
     progress = (lambda i, msg: ctx.progress(i, total, msg, force=True))
     progress(0, "splitting patients")
     parts = _split(ctx)
-    classifier = {k: p[k] for k in ("weights", "mode", "epochs", "input_size", "device") if k in p}
-    classifier["overrides"] = p.get("classifier_overrides", {})
-    if p.get("max_per_class"):
-        classifier["max_per_class"] = p["max_per_class"]
+    # The evaluate step's classifier fields; the experiment's own `overrides` are the GAN's.
+    classifier = {"weights": p.weights, "mode": p.mode, "epochs": p.epochs, "input_size": p.input_size,
+                  "device": p.device, "overrides": p.classifier_overrides}
+    if p.max_per_class:
+        classifier["max_per_class"] = p.max_per_class
     progress(1, "train_gan")
     gan = _child(ctx, "train_gan", "train_gan", {
-        "dataset_id": parts["gan"], "label": "both", "preset": p.get("preset", "cpu-small"), "steps": p["steps"],
-        "overrides": p.get("overrides", {}), "speed": p.get("speed", {}), "device": p.get("device", "auto"),
-        "checkpoint_every": max(1, min(500, p["steps"] // 4)), "sample_every": 0})
+        "dataset_id": parts["gan"], "label": "both", "preset": p.preset, "steps": p.steps,
+        "overrides": p.overrides, "speed": p.speed, "device": p.device,
+        "checkpoint_every": max(1, min(500, p.steps // 4)), "sample_every": 0})
     with session_scope(ctx.db_url) as s:
         cls_counts = s.get(Dataset, parts["classify"]).counts["by_label"]
     synthetic = {}
@@ -128,37 +134,36 @@ def handle_experiment(ctx: JobContext) -> Outcome:
         progress(2 + label, f"generate label {label}")
         n = min(int(cls_counts.get(str(label), 0)), ctx.settings.max_generate_n)
         synthetic[label] = _child(ctx, f"generate_{label}", "generate", {
-            "label": label, "n": max(n, 1), "model_id": gan["model_ids"][str(label)], "seed": p.get("seed", 0),
-            "size": p.get("sample_size", 64), "device": p.get("device", "auto")})["dataset_id"]
+            "label": label, "n": max(n, 1), "model_id": gan["model_ids"][str(label)], "seed": p.seed,
+            "size": p.sample_size, "device": p.device})["dataset_id"]
     progress(4, "domain classifier for the audit")
     domain = _child(ctx, "domain_classifier", "train_classifier", {
         "dataset_id": parts["classify"], "weights": "none", "mode": "finetune", "input_size": 64,
-        "epochs": p.get("domain_epochs", 3), "overrides": {"batch_size": 64, "seed": p.get("seed", 0)},
-        "device": p.get("device", "auto")})
+        "epochs": p.domain_epochs, "overrides": {"batch_size": 64, "seed": p.seed},
+        "device": p.device})
     progress(5, "evaluate")
     evaluate = _child(ctx, "evaluate", "evaluate", {
         **classifier, "real_dataset_id": parts["classify"], "synthetic_dataset_ids": [synthetic[0], synthetic[1]],
-        "seed": p.get("seed", 0), "augment_fraction": p.get("augment_fraction", 0.1)})
+        "seed": p.seed, "augment_fraction": p.augment_fraction})
     audits = {}
     for label in (0, 1):
         progress(6 + label, f"audit label {label}")
         audits[label] = _child(ctx, f"audit_{label}", "audit", {
             "synthetic_dataset_id": synthetic[label], "holdout_dataset_id": parts["holdout"],
-            "classifier_model_id": domain["model_id"], "max_samples": p.get("audit_max_samples", 2000),
-            "seed": p.get("seed", 0), "device": p.get("device", "auto")})
+            "classifier_model_id": domain["model_id"], "max_samples": p.audit_max_samples,
+            "seed": p.seed, "device": p.device})
     progress(8, "report")
     with session_scope(ctx.db_url) as s:
         part_info = {part: {"dataset_id": ds, "n": s.get(Dataset, ds).n_patches,
                             "by_label": s.get(Dataset, ds).counts["by_label"],
                             "patients": len(s.get(Dataset, ds).source["patients"])} for part, ds in parts.items()}
-        child_ids = {c.kind + ("" if c.kind not in ("generate", "audit") else f"_{c.params['label']}"): c.id
-                     for c in jobs.children(s, ctx.job_id)}
+        child_ids = {_step_name(c.kind, c.params): c.id for c in jobs.children(s, ctx.job_id)}
     summary = {"parts": part_info, "generators": gan["model_ids"], "synthetic_datasets": synthetic,
                "domain_classifier": domain["model_id"], "table": evaluate["table"],
                "augmentation": evaluate.get("augmentation"),
                "audit": {str(label): audits[label]["summary"] for label in (0, 1)}, "children": child_ids,
                "evaluate_report_artifact": (evaluate.get("artifacts") or {}).get("report_md"),
-               "params": {k: p[k] for k in ("fraction", "preset", "steps", "epochs", "seed") if k in p}}
+               "params": p.model_dump(include={"fraction", "preset", "steps", "epochs", "seed"})}
     ctx.add_artifact("report.json", "application/json", json.dumps(summary, indent=1).encode())
     ctx.add_artifact("report.md", "text/markdown", experiment_markdown(summary).encode())
     progress(9, "done")

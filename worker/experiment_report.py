@@ -15,10 +15,10 @@ def _f(v: Any, digits: int = 3) -> str:
 
 
 def experiment_markdown(summary: dict[str, Any]) -> str:
-    p = summary["params"]
+    run = summary["params"]  # the experiment's params that the report names
     lines = ["# Experiment: the paper's pipeline", "",
-             f"Preset `{p.get('preset')}`, {p.get('steps')} GAN steps per generator, fraction {p.get('fraction')} of the "
-             f"paper's sizes, classifier epochs {p.get('epochs')}, seed {p.get('seed')}.", "",
+             f"Preset `{run.get('preset')}`, {run.get('steps')} GAN steps per generator, fraction {run.get('fraction')} "
+             f"of the paper's sizes, classifier epochs {run.get('epochs')}, seed {run.get('seed')}.", "",
              "## Patients, split three ways", "", "| part | patients | IDC- patches | IDC+ patches | dataset |",
              "|---|---|---|---|---|"]
     for part, info in summary["parts"].items():

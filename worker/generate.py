@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.job_kinds import GenerateParams
 from app.packed import INDEX_DTYPE, PackedWriter
 from app.storage import Storage
 from app.tables import Dataset, ModelVersion
@@ -45,32 +46,35 @@ def generate_to(folder: Path, generator, label: int, n: int, seed: int, size: in
 
 
 def handle_generate(ctx: JobContext) -> Outcome:
-    p = ctx.params
+    p: GenerateParams = ctx.p
+    model_id = p.model_id
+    if model_id is None:
+        raise UserError("no model_id: a generate job's generator is resolved when it is posted")
     with session_scope(ctx.db_url) as s:
-        model = s.get(ModelVersion, p["model_id"])
+        model = s.get(ModelVersion, model_id)
         if model is None or model.kind != "generator":
-            raise UserError(f"model {p['model_id']} is not a generator")
+            raise UserError(f"model {model_id} is not a generator")
         model_key, model_version = model.key, model.version
     payload = read_state(ctx.storage, model_key)
     generator = build_generator_from_state(payload["config"], payload["state_dict"])
-    label, n, seed, size = int(p["label"]), int(p["n"]), int(p.get("seed", 0)), int(p.get("size", 64))
-    device = pick_device(p.get("device", "auto"))
+    label, n, seed, size = p.label, p.n, p.seed, p.size
+    device = pick_device(p.device)
     dataset_id = stable_id(ctx.job_id, "dataset")
     key = Storage.dataset_key(dataset_id)
     with ctx.storage.scratch("jobs", ctx.job_id, f"attempt-{ctx.attempt}") as work:
-        meta = generate_to(work / "dataset", generator, label, n, seed, size, int(p.get("batch_size", 256)), device,
+        meta = generate_to(work / "dataset", generator, label, n, seed, size, p.batch_size, device,
                            progress_fn=lambda d, t: ctx.progress(d, t, "sampling"), abort_fn=ctx.should_abort,
-                           patient=f"synthetic:{p['model_id'][:8]}", precision=p.get("precision", "auto"))
+                           patient=f"synthetic:{model_id[:8]}", precision=p.precision)
         ctx.storage.put_tree(key, work / "dataset")
     # The zip artifact points at the packed dataset; the API encodes the PNGs as it streams.
     zip_id = stable_id(ctx.job_id, "artifact", "patches.zip")
     ctx.register_artifact(zip_id, f"synthetic_{'pos' if label else 'neg'}_{n}.zip", "application/zip", key,
                           ctx.storage.size(f"{key}/patches.u8"))
-    dataset = Dataset(id=dataset_id, name=p.get("name") or f"synthetic {LABEL_NAMES[label]} x{n} (seed {seed})",
+    dataset = Dataset(id=dataset_id, name=p.name or f"synthetic {LABEL_NAMES[label]} x{n} (seed {seed})",
                       kind="synthetic", job_id=ctx.job_id, key=key, n_patches=meta["n"], patch_size=size,
                       n_patients=0, n_edge_patches=0, counts={"by_label": meta["by_label"]},
-                      source={"model_id": p["model_id"], "model_version": model_version, "seed": seed, "size": size,
-                              "device": device, "precision": p.get("precision", "auto")})
+                      source={"model_id": model_id, "model_version": model_version, "seed": seed, "size": size,
+                              "device": device, "precision": p.precision})
     result = {"dataset_id": dataset_id, "n": meta["n"], "label": label, "size": size, "seed": seed,
-              "model_id": p["model_id"], "zip_artifact_id": zip_id}
+              "model_id": model_id, "zip_artifact_id": zip_id}
     return Outcome(result=result, metrics={"n": meta["n"]}, rows=[dataset])

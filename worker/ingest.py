@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from app.job_kinds import IngestParams
 from app.packed import INDEX_DTYPE, PATCHES_FILE, write_index
 from app.storage import Storage, StorageError
 from app.tables import Dataset
@@ -111,22 +112,23 @@ def _squeeze(staging: Path, final: Path, keep: np.ndarray) -> None:
 
 
 def handle_ingest(ctx: JobContext) -> Outcome:
-    params = ctx.params
+    p: IngestParams = ctx.p
     dataset_id = stable_id(ctx.job_id, "dataset")
     key = Storage.dataset_key(dataset_id)
     # The scratch folder (extracted zip, staging) is removed whatever happens, a failure included.
     with ctx.storage.scratch("jobs", ctx.job_id, f"attempt-{ctx.attempt}") as work:
         source: Path
-        if params.get("upload_id"):
-            upload_key = Storage.upload_key(params["upload_id"])
+        if p.upload_id is not None:
+            upload_key = Storage.upload_key(p.upload_id)
             try:
                 zip_path = ctx.storage.local_path(upload_key)
             except StorageError as exc:
-                raise UserError(f"upload {params['upload_id']} no longer exists") from exc
+                raise UserError(f"upload {p.upload_id} no longer exists") from exc
             source = work / "unzipped"
             _extract(zip_path, source)
         else:
-            source = Path(params["path"])
+            assert p.path is not None  # IngestParams: exactly one of path and upload_id
+            source = Path(p.path)
             if not source.exists():
                 raise UserError(f"path {source} does not exist")
             if source.is_file():
@@ -146,10 +148,10 @@ def handle_ingest(ctx: JobContext) -> Outcome:
     bad_id = ctx.add_artifact("bad_files.json", "application/json", json.dumps(bad, indent=1).encode())
     counts = {"by_label": meta["by_label"], "by_patient": meta["by_patient"]}
     dataset = Dataset(
-        id=dataset_id, name=params.get("name") or Path(params.get("path") or "upload").name, kind="real",
+        id=dataset_id, name=p.name or Path(p.path or "upload").name, kind="real",
         job_id=ctx.job_id, key=key, n_patches=meta["n"], patch_size=meta["size"],
         n_patients=meta["n_patients"], n_edge_patches=meta["n_edge_patches"], counts=counts,
-        source={k: v for k, v in params.items() if k in ("path", "upload_id")},
+        source=p.model_dump(include={"path", "upload_id"}, exclude_none=True),
     )
     result = {
         "dataset_id": dataset_id,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from app.db import session_scope
+from app.job_kinds import TrainGanParams
 from app.packed import LabelView, open_patches, read_index
 from app.storage import Storage
 from app.tables import Dataset, ModelVersion
@@ -54,15 +55,15 @@ class TrainingData:
         return np.flatnonzero((self.index["label"] == label) & self.in_training)
 
 
-def _training_data(ctx: JobContext, p: dict[str, Any]) -> TrainingData:
+def _training_data(ctx: JobContext, p: TrainGanParams) -> TrainingData:
     with session_scope(ctx.db_url) as s:
-        dataset = s.get(Dataset, p["dataset_id"])
+        dataset = s.get(Dataset, p.dataset_id)
         if dataset is None:
-            raise UserError(f"dataset {p['dataset_id']} no longer exists")
+            raise UserError(f"dataset {p.dataset_id} no longer exists")
         key = dataset.key
     folder = ctx.storage.local_tree(key)
     index = read_index(folder)
-    holdout = holdout_patients(index["patient"], float(p.get("holdout_fraction", 0.0)), int(p.get("holdout_seed", 0)))
+    holdout = holdout_patients(index["patient"], p.holdout_fraction, p.holdout_seed)
     return TrainingData(open_patches(folder), index, holdout, ~np.isin(index["patient"], holdout))
 
 
@@ -99,8 +100,8 @@ def _train_label(ctx: JobContext, trainer: GanTrainer, ckpts: _Checkpoints, posi
                  metrics: dict[str, Any]) -> None:
     """Run `trainer` to the job's steps with progress, samples and checkpoints; raises JobAborted
     on cancel. `position` is the label's place in the job (progress counts over all labels)."""
-    p, name = ctx.params, ckpts.name
-    steps, n_labels = p["steps"], len(p["labels"])
+    p: TrainGanParams = ctx.p
+    name, steps, n_labels = ckpts.name, p.steps, len(p.labels)
 
     def progress(step: int, total: int, stats: dict) -> None:
         ctx.progress(position * steps + step, n_labels * steps, f"{name} step {step}/{total}",
@@ -110,12 +111,12 @@ def _train_label(ctx: JobContext, trainer: GanTrainer, ckpts: _Checkpoints, posi
         ctx.add_artifact(f"samples/{name}/step{step:07d}.png", "image/png", sample_grid_png(images))
 
     finished = trainer.train(steps, progress_fn=progress, abort_fn=ctx.should_abort, checkpoint_fn=ckpts.save,
-                             checkpoint_every=p["checkpoint_every"], sample_fn=samples,
-                             sample_every=p["sample_every"])
+                             checkpoint_every=p.checkpoint_every, sample_fn=samples,
+                             sample_every=p.sample_every)
     trainer.close()
     if not finished:
         raise JobAborted("cancelled")
-    if p["checkpoint_every"] == 0 or trainer.step % p["checkpoint_every"] != 0:
+    if p.checkpoint_every == 0 or trainer.step % p.checkpoint_every != 0:
         ckpts.save(trainer)
     samples(trainer.step, trainer.sample_fixed())
 
@@ -131,34 +132,33 @@ def _generator_row(ctx: JobContext, label: int, config: GanConfig, trainer: GanT
                    metrics: dict[str, Any]) -> ModelVersion:
     """Store the EMA generator; its version row is numbered (and the label's first one
     promoted) by app.model_registry when the job's success is recorded."""
-    p = ctx.params
+    p: TrainGanParams = ctx.p
     model_id = stable_id(ctx.job_id, "generator", f"label{label}")
     key = Storage.model_key(model_id)
     put_state(ctx.storage, key, {"kind": "generator", "label": label, "config": config.to_dict(),
                                  "state_dict": trainer.ema_generator_state()})
     train_patients = sorted(set(data.index["patient"][data.label_rows(label)].tolist()))
     return ModelVersion(id=model_id, kind="generator", label=label, job_id=ctx.job_id, key=key,
-                        config={**config.to_dict(), "preset": p["preset"], "dataset_id": p["dataset_id"],
-                                "steps": p["steps"], "train_patients": train_patients,
-                                "holdout_patients": data.holdout,
-                                "holdout_fraction": float(p.get("holdout_fraction", 0.0))},
+                        config={**config.to_dict(), "preset": p.preset, "dataset_id": p.dataset_id,
+                                "steps": p.steps, "train_patients": train_patients,
+                                "holdout_patients": data.holdout, "holdout_fraction": p.holdout_fraction},
                         metrics=metrics)
 
 
 def handle_train_gan(ctx: JobContext) -> Outcome:
-    p = ctx.params
+    p: TrainGanParams = ctx.p
     data = _training_data(ctx, p)
-    device = pick_device(p.get("device", "auto"))
+    device = pick_device(p.device)
     rows, model_ids, metrics = [], {}, {}
-    for position, label in enumerate(p["labels"]):
+    for position, label in enumerate(p.labels):
         name = f"label{label}"
-        config = config_from(p["preset"], p.get("overrides") or {})
+        config = config_from(p.preset, p.overrides)
         label_rows = data.label_rows(label)
         if len(label_rows) < config.batch_size:
             raise UserError(f"label {label} keeps {len(label_rows)} patches after the holdout; training needs "
                             f"batch_size={config.batch_size}")
         trainer = GanTrainer(config, LabelView(data.patches, label_rows), device=device,
-                             speed=TrainSpeed.from_dict(p.get("speed")))
+                             speed=TrainSpeed.from_dict(p.speed))
         ckpts = _Checkpoints(ctx, name)
         resumed_from = ckpts.resume(trainer)
         started, start_step = time.perf_counter(), trainer.step
@@ -170,5 +170,5 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
                          "speed": trainer.speed.describe(), **{k: round(v, 5) for k, v in last.items()}}
         rows.append(_generator_row(ctx, label, config, trainer, data, metrics[name]))
         model_ids[str(label)] = rows[-1].id
-    return Outcome(result={"model_ids": model_ids, "dataset_id": p["dataset_id"], "steps": p["steps"],
+    return Outcome(result={"model_ids": model_ids, "dataset_id": p.dataset_id, "steps": p.steps,
                            "device": device}, metrics=metrics, rows=rows)
