@@ -102,7 +102,7 @@ def test_two_jobs_finishing_at_once_get_distinct_versions_and_one_promotion(db_u
 
     def finish(job_id: str, owner: str) -> None:
         row = _row("generator", 1, model_id=f"m{job_id[:31]}")
-        outcomes[job_id] = _record_success(db_url, job_id, owner, Outcome(result={"ok": 1}, rows=[row]))
+        outcomes[job_id] = _record_success(db_url, job_id, owner, Outcome(result={"ok": 1}, new_models=[row]))
 
     threads = [threading.Thread(target=finish, args=pair) for pair in started]
     for t in threads:
@@ -143,3 +143,20 @@ def test_migrations_0003_and_0004_repair_rows_and_turn_paths_into_keys(tmp_path)
     assert [(r.version, r.promoted) for r in rows] == [(1, False), (2, True), (3, False)]
     # 0004: absolute paths became keys, wherever the storage folder was
     assert [r.key for r in rows] == ["models/0.pt", "models/1.pt", "models/2.pt"]
+
+
+def test_a_result_that_cannot_be_stored_fails_the_job_once_with_a_reason(db_url, tmp_path):
+    from app.settings import Settings
+    from worker.context import run_job
+
+    settings = Settings(home=tmp_path, database_url=db_url)
+    with session_scope(db_url) as s:
+        job, _ = jobs.create_job(s, "train_gan", {})
+        job_id = job.id
+    bad = Outcome(result={}, new_models=[_row("not-a-kind", 1)])
+    assert run_job(settings, job_id, {"train_gan": lambda ctx: bad}) == "failed"
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        assert job.state == "failed" and job.attempts == 1
+        assert "could not record the result" in job.error and "Traceback" not in job.error
+        assert s.scalars(select(ModelVersion)).all() == []

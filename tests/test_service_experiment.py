@@ -75,7 +75,8 @@ def wait_for(service, job_id, predicate, timeout=300):
         job = service.client.get(f"/v1/jobs/{job_id}").json()
         if predicate(job):
             return job
-        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+        kids = [(k["kind"], k["state"], k["progress"]) for k in job["children"]]
+        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, (job["progress"], kids)
         time.sleep(0.2)
 
 

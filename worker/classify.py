@@ -101,7 +101,7 @@ def handle_train_classifier(ctx: JobContext) -> Outcome:
     # numbered (and never auto-promoted) by app.model_registry when the success is recorded
     row = ModelVersion(id=model_id, kind="classifier", label=None, job_id=ctx.job_id, key=key,
                        config={**config.to_dict(), "dataset_id": p.dataset_id}, metrics=metrics)
-    return Outcome(result={"model_id": model_id, "val": summary}, metrics=metrics, rows=[row])
+    return Outcome(result={"model_id": model_id, "val": summary}, metrics=metrics, new_models=[row])
 
 
 def handle_evaluate(ctx: JobContext) -> Outcome:

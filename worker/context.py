@@ -52,7 +52,9 @@ class UserError(Exception):
 class Outcome:
     result: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
-    rows: list[Any] = field(default_factory=list)  # ORM rows committed with the success
+    rows: list[Any] = field(default_factory=list)  # ORM rows merged with the success (datasets, updates)
+    # New model versions: numbered (and maybe promoted) by app.model_registry in the success transaction
+    new_models: list[ModelVersion] = field(default_factory=list)
 
 
 Handler = Callable[["JobContext"], Outcome]
@@ -186,7 +188,13 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Handler]) -> st
         return "failed"
     finally:
         stop.set()
-    return _record_success(url, job_id, owner, outcome)
+    try:
+        return _record_success(url, job_id, owner, outcome)
+    except Exception as exc:  # a result that cannot be stored fails the job, once, with a reason
+        log.error("job %s: recording its success failed:\n%s", job_id, traceback.format_exc())
+        with session_scope(url) as s:
+            jobs.finish(s, job_id, owner, "failed", error=f"internal error: could not record the result ({type(exc).__name__})")
+        return "failed"
 
 
 def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: int = 5) -> str:
@@ -196,12 +204,9 @@ def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: 
     for attempt in range(tries):
         try:
             with session_scope(url) as s:
-                versions = {}
                 for row in outcome.rows:
-                    if isinstance(row, ModelVersion):
-                        versions[row.id] = model_registry.register(s, row).version
-                    else:
-                        s.merge(row)
+                    s.merge(row)
+                versions = {row.id: model_registry.register(s, row).version for row in outcome.new_models}
                 result = {**outcome.result, "model_versions": versions} if versions else outcome.result
                 if not jobs.finish(s, job_id, owner, "succeeded", result=result, metrics=outcome.metrics,
                                    commit=False):

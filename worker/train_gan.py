@@ -171,4 +171,4 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
         rows.append(_generator_row(ctx, label, config, trainer, data, metrics[name]))
         model_ids[str(label)] = rows[-1].id
     return Outcome(result={"model_ids": model_ids, "dataset_id": p.dataset_id, "steps": p.steps,
-                           "device": device}, metrics=metrics, rows=rows)
+                           "device": device}, metrics=metrics, new_models=rows)
