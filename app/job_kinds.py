@@ -106,7 +106,7 @@ def _label_count(dataset, label: int) -> int:  # noqa: ANN001
 class TrainGanParams(Params):
     dataset_id: str
     label: Label | Literal["both"] = Field(description="1/'IDC+', 0/'IDC-', or 'both' (one model per label)")
-    preset: Literal["paper", "cpu-small", "cpu-medium", "gpu-large"] = "cpu-small"
+    preset: Literal["paper", "cpu-small", "cpu-small-he", "cpu-medium", "gpu-large"] = "cpu-small"
     steps: int = Field(2000, ge=1, le=10_000_000)
     overrides: dict[str, Any] = Field(default_factory=dict, description="Any GanConfig field")
     speed: dict[str, Any] = Field(default_factory=dict, description="Any TrainSpeed field (precision, cuda_graph, ...)")
@@ -283,7 +283,7 @@ class ExperimentParams(ClassifierParams):
     dataset_id: str
     fraction: float = Field(1.0, gt=0, le=1, description="Times the paper's sizes (40,000 / 38,000 per class)")
     holdout_share: float = Field(0.1, gt=0, lt=0.5, description="Share of each label for the audit's holdout patients")
-    preset: Literal["paper", "cpu-small", "cpu-medium", "gpu-large"] = "cpu-small"
+    preset: Literal["paper", "cpu-small", "cpu-small-he", "cpu-medium", "gpu-large"] = "cpu-small"
     steps: int = Field(2000, ge=1, le=10_000_000, description="GAN steps per generator")
     overrides: dict[str, Any] = Field(default_factory=dict, description="GanConfig fields")
     classifier_overrides: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields (lr, seed)")

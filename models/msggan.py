@@ -364,6 +364,12 @@ PRESETS: dict[str, GanConfig] = {
     # steps it covered more of the held-out real patches' feature space than cpu-small and drew
     # strand-like structure instead of stripes, at ~2x the time per step (BENCHMARKS.md).
     "cpu-medium": GanConfig(latent_dim=128, width=1 / 16, optimizer="adam", lr=1e-3, ema_beta=0.99),
+    # cpu-small without the equalized learning rate (plain He-initialised weights): with Adam at
+    # 1e-3 the equalized lr left the 4-8 px outputs unrelated to the 64 px image; without it the
+    # scales agree and the 64 px samples show nuclei clusters, stroma and fat at the same cost
+    # per step (bench/preset_fid.py campaign 3, BENCHMARKS.md).
+    "cpu-small-he": GanConfig(latent_dim=128, width=1 / 32, optimizer="adam", lr=1e-3, ema_beta=0.99,
+                              equalized_lr=False),
     # Not the paper: Tables 1-2 and WGAN-GP unchanged, batch 64 to fill a GPU (16 patches of
     # 64 px leave most of an H100 idle), lr scaled by sqrt(64/16) = 2 (the square-root rule
     # for adaptive optimisers). Its images/s against `paper` are in BENCHMARKS.md.

@@ -1,5 +1,6 @@
 """MSG-GAN networks against the paper's Tables 1 and 2, plus the building blocks and configs."""
 
+import math
 import dataclasses
 
 import pytest
@@ -145,6 +146,12 @@ def test_presets():
     small = PRESETS["cpu-small"]
     assert small.width < 1 and small.resolution == 64
     assert block_channels(small.depth, small.width)[-1] >= 8
+    he = PRESETS["cpu-small-he"]  # cpu-small with plain He-initialised weights, nothing else
+    assert he.equalized_lr is False and small.equalized_lr is True
+    assert {**he.to_dict(), "equalized_lr": True} == small.to_dict()
+    g = he.make_generator()
+    conv = next(m for m in g.modules() if isinstance(m, Conv2d))
+    assert conv.scale == 1.0 and 0.5 < conv.weight.std().item() * math.sqrt(conv.weight[0].numel()) / math.sqrt(2) < 2
 
 
 def test_config_from_applies_overrides_and_rejects_unknown_fields():
