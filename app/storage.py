@@ -82,9 +82,6 @@ class Storage:
     def _full(self, key: str) -> str:
         return f"{self.base}/{check_key(key)}"
 
-    def describe(self) -> str:
-        return self.url
-
     # -- writing ---------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> int:
         if self.is_local:
@@ -151,12 +148,6 @@ class Storage:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
-
-    def scratch_dir(self, *parts: str) -> Path:
-        """A persistent local work folder (a job's staging area across attempts)."""
-        path = self.scratch_root.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     # -- reading ---------------------------------------------------------------------------
     def exists(self, key: str) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.embedded import embedded_service  # noqa: E402
+from bench.embedded import embedded_service, job_seconds  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "IDC_regular_ps50_idx5"
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         walls = {}
         for kid in job["children"]:
             child = c.get(kid["url"]).json()
-            walls[f"{kid['kind']}:{kid['id'][:6]}"] = _seconds(child)
+            walls[f"{kid['kind']}:{kid['id'][:6]}"] = job_seconds(child)
             for art in child["artifacts"]:
                 if art["name"].startswith("samples/label") and art["name"].endswith(f"{args.steps:07d}.png"):
                     label = art["name"].split("/")[1]
@@ -79,14 +79,6 @@ def main() -> None:
               "step_wall_s": walls, "parts": job["result"]["parts"], "table": job["result"]["table"],
               "augmentation": job["result"]["augmentation"], "audit": job["result"]["audit"]}
     print(json.dumps(result))
-
-
-def _seconds(job: dict) -> float | None:
-    from datetime import datetime
-
-    if not job.get("started_at") or not job.get("finished_at"):
-        return None
-    return round((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds(), 1)
 
 
 if __name__ == "__main__":

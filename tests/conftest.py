@@ -239,3 +239,21 @@ def s3_endpoint(tmp_path_factory):
         except S3ServerError as exc:
             pytest.fail(f"the S3 object store (SeaweedFS) could not start: {exc}", pytrace=False)
         yield endpoint
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """A migrated job database, SQLite and the real Postgres, with empty jobs and model versions."""
+    from app.db import session_scope
+    from app.migrate import upgrade_head
+    from app.tables import Job, ModelVersion
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    upgrade_head(url)
+    with session_scope(url) as s:
+        s.query(ModelVersion).delete()
+        s.query(Job).delete()
+    return url

@@ -10,21 +10,8 @@ from sqlalchemy import select
 
 from app import jobs
 from app.db import session_scope
-from app.migrate import downgrade_base, upgrade_head
+from app.migrate import downgrade_base
 from app.tables import Job, utcnow
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-        upgrade_head(url)
-        with session_scope(url) as s:  # each test starts from an empty jobs table
-            s.query(Job).delete()
-    upgrade_head(url)
-    return url
 
 
 def test_migration_round_trip(db_url):

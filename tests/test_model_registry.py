@@ -18,19 +18,6 @@ from app.tables import Job, ModelVersion
 from worker.context import Outcome, _record_success
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    upgrade_head(url)
-    with session_scope(url) as s:  # each test starts from empty tables
-        s.query(ModelVersion).delete()
-        s.query(Job).delete()
-    return url
-
-
 def _row(kind: str = "generator", label: int | None = 1, model_id: str | None = None) -> ModelVersion:
     return ModelVersion(id=model_id or None, kind=kind, label=label, key="models/m.pt", config={}, metrics={})
 

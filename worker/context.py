@@ -14,7 +14,6 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -88,10 +87,6 @@ class JobContext:
     @property
     def db_url(self) -> str:
         return self.settings.resolved_database_url
-
-    def work_dir(self) -> Path:
-        """This job's local scratch folder (kept across attempts on this machine; never shared)."""
-        return self.storage.scratch_dir("jobs", self.job_id)
 
     # -- callbacks handed to the ML core ---------------------------------------------------
     def should_abort(self) -> bool:
