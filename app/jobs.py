@@ -188,6 +188,15 @@ def finish(
     return res.rowcount == 1
 
 
+def lock_for_finish(session: Session, job_id: str, owner: str) -> Job | None:
+    """Lock an owned running job's row for the rest of the transaction (SELECT ... FOR UPDATE;
+    SQLite serialises writers anyway). A cancel request waits on this lock, so the success and
+    the cancel cannot both win: whatever the worker reads here (`cancel_requested`) is final.
+    None if the lease was lost."""
+    return session.scalar(select(Job).where(Job.id == job_id, Job.state == "running", Job.lease_owner == owner)
+                          .with_for_update())
+
+
 def release(session: Session, job_id: str, owner: str) -> bool:
     """A worker that is shutting down hands its running job back: queued again, lease cleared,
     the attempt not counted (a graceful stop is not a failure). Its checkpoints let the next

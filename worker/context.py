@@ -184,7 +184,7 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Handler]) -> st
     finally:
         stop.set()
     try:
-        return _record_success(url, job_id, owner, outcome)
+        return _record_success(url, job_id, owner, outcome, storage=ctx.storage)
     except Exception as exc:  # a result that cannot be stored fails the job, once, with a reason
         log.error("job %s: recording its success failed:\n%s", job_id, traceback.format_exc())
         with session_scope(url) as s:
@@ -192,13 +192,24 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Handler]) -> st
         return "failed"
 
 
-def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: int = 5) -> str:
+def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: int = 5,
+                    storage: Storage | None = None) -> str:
     """The success and the rows it creates (datasets, models) commit together or not at all.
     Model versions are numbered here (app.model_registry); a job finishing at the same moment
     in the same slot makes the insert conflict, and the transaction is tried again."""
     for attempt in range(tries):
         try:
             with session_scope(url) as s:
+                job = jobs.lock_for_finish(s, job_id, owner)
+                if job is None:
+                    return "lease-lost"
+                if job.cancel_requested:
+                    # The cancel arrived after the handler's last check: it still wins (the API
+                    # said "cancel requested"), and nothing the job made is published.
+                    jobs.finish(s, job_id, owner, "cancelled", commit=False)
+                    s.commit()
+                    _discard_outputs(storage, job_id, outcome)
+                    return "cancelled"
                 for row in outcome.rows:
                     s.merge(row)
                 versions = {row.id: model_registry.register(s, row).version for row in outcome.new_models}
@@ -213,3 +224,22 @@ def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: 
                 raise
             log.warning("job %s: model version taken by a concurrent job; numbering again", job_id)
     raise AssertionError("unreachable")
+
+
+def _discard_outputs(storage: Storage | None, job_id: str, outcome: Outcome) -> None:
+    """Delete what a cancelled job stored for the rows it will not publish (a dataset's folder,
+    a model file), so no unreferenced object is left behind. Best effort: a leftover object is
+    garbage, never a wrong answer, since nothing points at it."""
+    if storage is None:
+        return
+    # Only rows this job created: `rows` may also hold updates to older rows (an audit's
+    # metrics on a generator), whose files must stay.
+    made_here = [row for row in outcome.rows if getattr(row, "job_id", None) == job_id]
+    for row in [*made_here, *outcome.new_models]:
+        key = getattr(row, "key", None)
+        if not isinstance(key, str) or not key:
+            continue
+        try:
+            storage.delete_prefix(key) if not key.endswith(".pt") else storage.delete(key)
+        except Exception:  # noqa: BLE001
+            log.warning("could not delete %s after a cancel", key, exc_info=True)
