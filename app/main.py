@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import anyio
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
+from app.admission import InflightGate, RateLimiter
 from app.api.routes import artifacts, datasets, experiments, generations, health, jobs, models, predictions, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.queue import JobQueue
@@ -55,6 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage.from_settings(settings)
     app.state.predictor = Predictor(settings, storage=app.state.storage)
     app.state.queue = JobQueue(settings)
+    app.state.prediction_limiter = RateLimiter(settings.rate_prediction_images_per_minute, "images")
+    app.state.job_limiter = RateLimiter(settings.rate_jobs_per_minute, "jobs")
+    app.state.prediction_gate = InflightGate(settings.predict_max_inflight_images)
+    app.state.decode_limiter = anyio.CapacityLimiter(settings.predict_decode_threads)
     problems.install(app)
     for module in (jobs, generations, experiments, predictions, datasets, models, artifacts, uploads, health):
         app.include_router(module.router)

@@ -44,11 +44,31 @@ class Settings(BaseSettings):
     # Server-side ingest paths must sit under one of these roots (empty: any readable path).
     ingest_roots: list[Path] = Field(default_factory=list)
     max_upload_bytes: int = 2 * 1024**3
+    # Zip caps, counted on the bytes really decompressed (app/uploads.py), and upload expiry.
+    zip_max_total_bytes: int = Field(default=8 * 1024**3, ge=1)
+    zip_max_entries: int = Field(default=500_000, ge=1)
+    zip_max_entry_bytes: int = Field(default=1024**2, ge=1)
+    zip_max_ratio: float = Field(default=100.0, gt=0)
+    upload_ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     # Caps for generation and predictions (bad input gets a 4xx, never a 500).
     max_generate_n: int = 100_000
     max_prediction_files: int = 64
     max_prediction_bytes: int = 32 * 1024**2
-    max_image_pixels: int = 4096 * 4096
+    # Sized for patches (50x50 in the public dataset): a 1024x1024 tile is generous. Checked
+    # from the image header, before anything is decoded, per image and summed per request.
+    max_image_pixels: int = Field(default=1024 * 1024, ge=1)
+    max_request_pixels: int = Field(default=16 * 1024 * 1024, ge=1)
+    # Larger images are shrunk (in PIL, antialiased, on uint8) to this long side right after
+    # decoding, before any float copy: the classifier sees input_size (224) pixels anyway.
+    predict_max_side: int = Field(default=512, ge=32)
+    # Decodes running at once in one API process (threads, off the event loop).
+    predict_decode_threads: int = Field(default=2, ge=1, le=64)
+    # Images admitted (decoding, queued or in a forward pass) at once per API process; a
+    # request beyond it gets 503 with Retry-After instead of growing the queue without bound.
+    predict_max_inflight_images: int = Field(default=256, ge=1)
+    # Per client (its API key; its address before keys exist): token buckets, 429 beyond them.
+    rate_prediction_images_per_minute: float = Field(default=6000.0, gt=0)
+    rate_jobs_per_minute: float = Field(default=60.0, gt=0)
     # Serving the promoted classifier: "fp32" (default, the numbers evaluation reports) or
     # "bf16" (autocast; much faster on AMX CPUs and GPUs, probabilities move by < 5e-3).
     predict_precision: Literal["fp32", "bf16"] = "fp32"

@@ -9,8 +9,10 @@ never compare, so neither side's features come from patches it has seen); then f
 in this same process: an MSG-GAN trained on the training patients' IDC+ patches for --steps,
 --n samples of its EMA generator, and the audit's fidelity metrics of those samples against the
 holdout patients' IDC+ patches, beside the real floor (training patches against the same
-holdout). A config is `preset` or `preset:{json overrides}`. Each config's sample grid is
-written to --out. The last line is one JSON object.
+holdout). A config is `preset` or `preset:{json overrides}`; the overrides may hold `steps`,
+which replaces --steps for that config. --eval-at also scores each config at those earlier
+steps of the same training run (an FID-against-steps curve for the price of sampling). Each
+config's sample grid is written to --out. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -69,15 +71,17 @@ def domain_classifier(patches, labels, cache: Path, key: str, epochs: int):  # n
     return domain_extractor(model, cfg.input_size, {"model": path.name, "sha256": digest})
 
 
-def parse_config(text: str) -> tuple[str, dict]:
+def parse_config(text: str, default_steps: int) -> tuple[str, dict, int]:
     preset, _, overrides = text.partition(":")
-    return preset, (json.loads(overrides) if overrides else {})
+    fields = json.loads(overrides) if overrides else {}
+    return preset, fields, int(fields.pop("steps", default_steps))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=["cpu-small"])
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--eval-at", type=int, nargs="*", default=[], help="also score at these earlier steps")
     ap.add_argument("--n", type=int, default=2000, help="synthetic samples per config")
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--classifier-share", type=float, default=0.2, help="patients for the domain classifier")
@@ -115,20 +119,27 @@ def main() -> None:
               "features": extractor.identity, "real_floor": floor, "configs": {}}
     log(f"real floor: FID {floor['fid']['fid']:.2f}")
     for text in args.configs:
-        preset, overrides = parse_config(text)
+        preset, overrides, steps = parse_config(text, args.steps)
         config = config_from(preset, overrides)
-        t0 = time.perf_counter()
         trainer = GanTrainer(config, gan_train)
-        trainer.train(args.steps)
-        train_s = time.perf_counter() - t0
-        G = build_generator_from_state(config.to_dict(), trainer.ema_generator_state())
-        fake = np.concatenate(list(iter_samples(G, args.n, seed=args.seed, size=50)))
-        metrics = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
+        train_s, curve = 0.0, {}
+        for target in sorted({*[s for s in args.eval_at if 0 < s < steps], steps}):
+            t0 = time.perf_counter()
+            trainer.train(target)
+            train_s += time.perf_counter() - t0
+            G = build_generator_from_state(config.to_dict(), trainer.ema_generator_state())
+            fake = np.concatenate(list(iter_samples(G, args.n, seed=args.seed, size=50)))
+            metrics = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
+            curve[target] = {"fid": metrics["fid"]["fid"], "density": metrics["density_coverage"]["density"],
+                             "coverage": metrics["density_coverage"]["coverage"], "train_s": round(train_s, 1)}
+            log(f"{text} @ {target}: FID {curve[target]['fid']:.2f}, density {curve[target]['density']:.3f}, "
+                f"coverage {curve[target]['coverage']:.3f}, {train_s:.0f} s")
         name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
+        name = name.replace(",", "_")
         (args.out / f"{name}.png").write_bytes(sample_grid_png(trainer.sample_fixed()))
-        result["configs"][text] = {"metrics": metrics, "train_s": round(train_s, 1),
-                                   "s_per_step": round(train_s / args.steps, 4), "grid": f"{name}.png",
-                                   "last_losses": trainer.history[-1]}
+        result["configs"][text] = {"steps": steps, "metrics": metrics, "train_s": round(train_s, 1),
+                                   "s_per_step": round(train_s / steps, 4), "grid": f"{name}.png",
+                                   "curve": curve, "last_losses": trainer.history[-1]}
         log(f"{text}: FID {metrics['fid']['fid']:.2f} (floor {floor['fid']['fid']:.2f}), "
             f"density {metrics['density_coverage']['density']:.3f}, coverage {metrics['density_coverage']['coverage']:.3f}, "
             f"{train_s:.0f} s")

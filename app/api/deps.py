@@ -51,3 +51,13 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+
+
+async def take_job_token(request: Request) -> None:
+    """Per-client rate limit on job creation (app.admission): 429 with Retry-After beyond it."""
+    from app.admission import client_identity
+
+    request.app.state.job_limiter.take(client_identity(request))
+
+
+JobRate = Depends(take_job_token)

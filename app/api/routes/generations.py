@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Response
 
-from app.api.deps import QueueDep, SessionDep, SettingsDep
+from app.api.deps import JobRate, QueueDep, SessionDep, SettingsDep
 from app.api.schemas import JobPublic, job_public
 from app.job_kinds import validate_params
 from app.submit import submit
@@ -14,7 +14,7 @@ from app.submit import submit
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobPublic, dependencies=[JobRate])
 def create_generation(
     response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
     body: Annotated[dict[str, Any], Body(examples=[{"label": "IDC+", "n": 64, "seed": 1}])],

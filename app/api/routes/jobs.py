@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from app import jobs
-from app.api.deps import QueueDep, SessionDep, SettingsDep
+from app.api.deps import JobRate, QueueDep, SessionDep, SettingsDep
 from app.api.schemas import JobCreate, JobList, JobPublic, job_public
 from app.job_kinds import validate_params
 from app.submit import submit
@@ -16,7 +16,7 @@ from app.tables import JOB_STATES
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobPublic, dependencies=[JobRate])
 def create_job(
     body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import anyio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.requests import Request as StarletteRequest
 
 from app.api.deps import SettingsDep
-from app.images import decode_upload
+from app.admission import client_identity
+from app.images import decode_upload, declared_pixels
 from app.metrics import PREDICTIONS
 from app.problems import Problem
 
@@ -67,12 +71,27 @@ async def predict(request: Request, settings: SettingsDep) -> PredictionResponse
         raise Problem(422, "No files", "Send one or more images as multipart fields named 'files'.")
     if len(uploads) > cap:
         raise Problem(413, "Too many files", f"{len(uploads)} files; the limit is {cap} (HISTOSYNTH_MAX_PREDICTION_FILES).")
-    images, names = [], []
-    for up in uploads:
-        name = up.filename or "upload"
-        images.append(decode_upload(await up.read(), name, settings.max_image_pixels))
-        names.append(name)
-    loaded, probs = await request.app.state.predictor.predict(images)
+    state = request.app.state
+    state.prediction_gate.check_fits(len(uploads))  # a request that can never pass costs no tokens
+    state.prediction_limiter.take(client_identity(request), len(uploads))
+    blobs = [(up.filename or "upload", await up.read()) for up in uploads]
+    names = [name for name, _ in blobs]
+    # Headers first (cheap, nothing decoded): one oversized image or too many pixels in all is
+    # refused before any decoding work is done.
+    declared = sum([declared_pixels(data, name, settings.max_image_pixels) for name, data in blobs])
+    if declared > settings.max_request_pixels:
+        raise Problem(413, "Too many pixels in one request",
+                      f"The images declare {declared} pixels in all; the limit is {settings.max_request_pixels} "
+                      "(HISTOSYNTH_MAX_REQUEST_PIXELS). Send fewer or smaller images per request.")
+    with state.prediction_gate.admit(len(blobs)):
+        # Decoding runs on worker threads, a bounded number at once per process, so the event
+        # loop (health checks, other requests) never waits on PIL.
+        limiter: anyio.CapacityLimiter = state.decode_limiter
+        images = await asyncio.gather(*[
+            anyio.to_thread.run_sync(decode_upload, data, name, settings.max_image_pixels, settings.predict_max_side,
+                                     limiter=limiter)
+            for name, data in blobs])
+        loaded, probs = await state.predictor.predict(list(images))
     PREDICTIONS.inc(len(images))
     return PredictionResponse(
         model=ModelRef(id=loaded.id, version=loaded.version, precision=loaded.runner.precision),
