@@ -13,6 +13,7 @@ from app.admission import InflightGate, RateLimiter
 from app.api.routes import artifacts, datasets, experiments, generations, health, jobs, models, predictions, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.queue import JobQueue
+from app.request_id import RequestId
 from app.settings import Settings, get_settings
 from app.storage import Storage
 
@@ -72,4 +73,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pass
 
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestId)  # outermost: every response, errors included, carries the id
     return app

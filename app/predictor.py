@@ -18,6 +18,7 @@ other than the one running forwards.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -33,6 +34,8 @@ from app.metrics import PREDICTION_BATCH
 from app.problems import Problem
 from app.settings import Settings
 from app.storage import Storage, StorageError
+
+log = logging.getLogger("histosynth.predictor")
 
 
 @dataclass
@@ -86,7 +89,11 @@ class Predictor:
                     model, config = load_classifier(self.storage.local_path(key))
                     runner = InferenceModel(model, config.input_size, self.precision, self._device())
                 except (OSError, ValueError, RuntimeError, StorageError) as exc:
-                    raise Problem(503, "Classifier could not be loaded", f"model {row_id}: {exc}") from exc
+                    # The reason (paths, store endpoints) goes to the log, not to the client.
+                    log.error("promoted classifier %s could not be loaded: %s", row_id, exc, exc_info=True)
+                    raise Problem(503, "Classifier could not be loaded",
+                                  f"The promoted classifier (model {row_id}) could not be loaded; the reason is in "
+                                  "the API log under this request_id.", headers={"Retry-After": "30"}) from exc
                 self._loaded = LoadedModel(row_id, version, runner)
             self._checked_at = now
             return self._loaded

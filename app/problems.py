@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app import request_id
 from app.jobs import JobError
 
 log = logging.getLogger("histosynth.api")
@@ -32,6 +33,9 @@ def problem_response(status: int, title: str, detail: str | None = None, instanc
     if instance:
         body["instance"] = instance
     body.update(extra)
+    rid = extra.get("request_id") or request_id.current.get()
+    if rid:
+        body["request_id"] = rid
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
@@ -64,6 +68,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "Internal server error", "The error was logged; no details are exposed.",
-                                request.url.path)
+        # Starlette runs this outside every middleware, so the id comes from the scope's state
+        # (app.request_id put it there) and the header is added here.
+        rid = getattr(request.state, "request_id", None) or request_id.new_reference()
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, rid)
+        return problem_response(500, "Internal server error",
+                                "The error was logged; quote the request_id to the operator.", request.url.path,
+                                headers={request_id.HEADER: rid}, request_id=rid)

@@ -176,10 +176,11 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Handler]) -> st
         with session_scope(url) as s:
             jobs.finish(s, job_id, owner, "failed", error=str(exc))
         return "failed"
-    except Exception as exc:  # the trace goes to the worker log, a one-line reason to the job
-        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+    except Exception:  # the trace goes to the worker log; the job gets an opaque reference to it
+        ref = uuid.uuid4().hex[:12]
+        log.error("job %s crashed (reference %s):\n%s", job_id, ref, traceback.format_exc())
         with session_scope(url) as s:
-            jobs.finish(s, job_id, owner, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            jobs.finish(s, job_id, owner, "failed", error=f"internal error (reference {ref} in the worker log)")
         return "failed"
     finally:
         stop.set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,6 +14,7 @@ from app.db import get_engine
 from app.metrics import REGISTRY
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("histosynth.health")
 
 
 @router.get("/healthz")
@@ -24,14 +27,18 @@ def _check_db(url: str) -> str | None:
         with get_engine(url).connect() as conn:
             conn.execute(text("SELECT 1"))
         return None
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    except Exception as exc:  # noqa: BLE001 - host names and drivers' texts stay in the log
+        log.warning("readiness: database unreachable: %s", exc)
+        return "unreachable"
 
 
 def _check_broker(settings) -> str | None:  # noqa: ANN001
     if settings.is_embedded:
         folder = settings.broker_folder / "queue"
-        return None if folder.is_dir() else f"broker folder {folder} is missing"
+        if folder.is_dir():
+            return None
+        log.warning("readiness: broker folder %s is missing", folder)
+        return "missing"
     try:
         from kombu import Connection
 
@@ -39,7 +46,8 @@ def _check_broker(settings) -> str | None:  # noqa: ANN001
             conn.ensure_connection(max_retries=1, timeout=2)
         return None
     except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        log.warning("readiness: broker unreachable: %s", exc)
+        return "unreachable"
 
 
 @router.get("/readyz")
