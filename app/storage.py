@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -186,6 +187,17 @@ class Storage:
         start = len(self.base.rstrip("/")) + 1
         return sorted(f[start:] for f in found)
 
+    def list_modified(self, prefix: str) -> dict[str, datetime]:
+        """Keys of the objects under `prefix` with their last modification time (aware, UTC):
+        the file's mtime in a local folder, LastModified on S3 (one listing, no request per key)."""
+        try:
+            infos = self.fs.find(self._full(prefix), detail=True)
+        except FileNotFoundError:
+            return {}
+        start = len(self.base.rstrip("/")) + 1
+        return {full[start:]: _modified(info) or self.fs.modified(full)
+                for full, info in sorted(infos.items()) if info.get("type", "file") != "directory"}
+
     def delete(self, key: str) -> None:
         try:
             self.fs.rm_file(self._full(key))
@@ -289,6 +301,16 @@ class Storage:
     @staticmethod
     def upload_key(upload_id: str) -> str:
         return f"uploads/{upload_id}.zip"
+
+
+def _modified(info: dict) -> datetime | None:
+    """An fsspec info's modification time as an aware UTC datetime (None when it has none)."""
+    when = info.get("LastModified") or info.get("mtime")
+    if isinstance(when, datetime):
+        return when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    if isinstance(when, (int, float)):
+        return datetime.fromtimestamp(when, tz=timezone.utc)
+    return None
 
 
 def _etag(info: dict) -> str:

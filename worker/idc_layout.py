@@ -7,17 +7,24 @@ Anything that does not fit the layout is returned as a bad file with a reason, n
 from __future__ import annotations
 
 import os
-import re
+import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from app.uploads import zip_problems
+from app.uploads import PATCH_NAME_RE as NAME_RE
+from app.uploads import (
+    ZipLimits,
+    declared_entry_count,
+    directory_wanted,
+    member_problem,
+    patch_name_problem,
+    zip_problems,
+)
 
 PATCH = 50  # the public dataset's patch size (DESIGN.md, "The paper in brief")
-NAME_RE = re.compile(r"^(?P<pid>[0-9A-Za-z]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
 # Edge patches narrower than 50x50 are kept, padded to 50x50 with white (the slide background
 # beyond a tissue edge) at their top-left, and flagged by orig_h/orig_w < 50 in the index.
 PAD_VALUE = 255
@@ -82,14 +89,11 @@ def scan(root: Path) -> tuple[list[Candidate], list[dict[str, str]]]:
                 if not file_entry.is_file():
                     bad.append({"file": rel, "reason": "not a regular file"})
                     continue
-                match = NAME_RE.match(file_entry.name)
-                if match is None:
-                    bad.append({"file": rel, "reason": "name is not <pid>_idx5_x<X>_y<Y>_class<0|1>.png"})
-                elif match["pid"] != rel_patient:
-                    bad.append({"file": rel, "reason": f"patient {match['pid']} in name, folder says {rel_patient}"})
-                elif match["c"] != label_entry.name:
-                    bad.append({"file": rel, "reason": f"class{match['c']} in name, label folder says {label_entry.name}"})
+                reason = patch_name_problem(rel_patient, label_entry.name, file_entry.name)
+                if reason is not None:
+                    bad.append({"file": rel, "reason": reason})
                 else:
+                    match = NAME_RE.match(file_entry.name)
                     good.append(Candidate(file_entry.path, rel_patient, int(match["c"]), int(match["x"]), int(match["y"])))
     return good, bad
 
@@ -147,19 +151,102 @@ def decode_into_file(task: tuple[str, int, int, list[str]]) -> tuple[int, np.nda
     return start, sizes, failures
 
 
-def safe_extract(zip_path: Path, target: Path) -> None:
-    """Extract a zip, refusing entries that would land outside `target` and symbolic links."""
-    target = Path(target).resolve()
-    with zipfile.ZipFile(zip_path) as zf:
-        problems = zip_problems(zf)
-        if problems:
-            raise LayoutError("; ".join(problems[:5]))
-        for info in zf.infolist():
-            dest = (target / info.filename).resolve()
-            if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(dest, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+class ZipCapError(LayoutError):
+    """A zip that unpacks to more than a cap allows (HISTOSYNTH_ZIP_* settings)."""
+
+
+@dataclass
+class ExtractReport:
+    """What safe_extract did: patches written, and the entries it skipped with the reason."""
+
+    n_entries: int = 0
+    n_extracted: int = 0
+    n_bytes: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+READ_CHUNK = 64 * 1024  # a cap is noticed within this many decompressed bytes
+
+
+def safe_extract(zip_path: Path, target: Path, limits: ZipLimits | None = None) -> ExtractReport:
+    """Extract the patches of the public layout from a zip into `target`.
+
+    Refused (LayoutError) before anything is written: entries that would land outside `target`,
+    symbolic links. Skipped (listed in the report, not written): every file that is not
+    `<patient>/<0|1>/<pid>_idx5_x<X>_y<Y>_class<0|1>.png`, directly or under one top folder
+    (READMEs, .DS_Store, __MACOSX/). Capped (ZipCapError): entries, total bytes, bytes per entry
+    and compression ratio, counted on what is really decompressed, never taken from the zip's
+    headers; extraction stops at the first cap broken. On any failure everything this call
+    wrote is deleted.
+    """
+    if limits is None:
+        from app.settings import get_settings
+
+        limits = ZipLimits.from_settings(get_settings())
+    target = Path(target)
+    existed = target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    target = target.resolve()
+    written: list[Path] = []
+    made_dirs: list[Path] = []
+    report = ExtractReport()
+
+    def mkdirs(folder: Path) -> None:
+        missing = []
+        while not folder.exists() and folder != target:
+            missing.append(folder)
+            folder = folder.parent
+        for d in reversed(missing):
+            d.mkdir()
+            made_dirs.append(d)
+
+    try:
+        declared = declared_entry_count(Path(zip_path))
+        if declared is not None and declared > limits.max_entries:  # before the central directory is parsed
+            raise ZipCapError(limits.entries_message(declared, "declares"))
+        with zipfile.ZipFile(zip_path) as zf:
+            problems = zip_problems(zf)
+            if problems:
+                raise LayoutError("; ".join(problems[:5]))
+            for info in zf.infolist():
+                report.n_entries += 1
+                if report.n_entries > limits.max_entries:
+                    raise ZipCapError(limits.entries_message(report.n_entries, "has at least"))
+                name = info.filename.replace("\\", "/")
+                if info.is_dir():
+                    if directory_wanted(name):
+                        mkdirs((target / name).resolve())
+                    continue
+                reason = member_problem(name)
+                if reason is not None:
+                    report.skipped.append((name, reason))
+                    continue
+                dest = (target / name).resolve()
+                mkdirs(dest.parent)
+                n = 0
+                with zf.open(info) as src, open(dest, "wb") as dst:
+                    written.append(dest)
+                    while chunk := src.read(READ_CHUNK):
+                        n += len(chunk)
+                        report.n_bytes += len(chunk)
+                        if n > limits.max_entry_bytes:
+                            raise ZipCapError(limits.entry_message(name, n, "unpacks to at least"))
+                        if limits.ratio_exceeded(n, info.compress_size):
+                            raise ZipCapError(limits.ratio_message(name, n, info.compress_size, "unpacks to at least"))
+                        if report.n_bytes > limits.max_total_bytes:
+                            raise ZipCapError(limits.total_message(report.n_bytes, "unpacks to at least"))
+                        dst.write(chunk)
+                report.n_extracted += 1
+    except BaseException:
+        if not existed:
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            for path in written:
+                path.unlink(missing_ok=True)
+            for d in reversed(made_dirs):
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+        raise
+    return report

@@ -17,7 +17,8 @@ from app.packed import INDEX_DTYPE, PATCHES_FILE, write_index
 from app.storage import Storage, StorageError
 from app.tables import Dataset
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
-from worker.idc_layout import PATCH, LayoutError, decode_into_file, find_root, safe_extract, scan
+from app.uploads import ZipLimits
+from worker.idc_layout import PATCH, ExtractReport, LayoutError, decode_into_file, find_root, safe_extract, scan
 
 CHUNK = 256  # files per decoder task: only sizes travel back, so small tasks cost little and balance the tail
 MAX_BAD_IN_RESULT = 200
@@ -115,24 +116,32 @@ def handle_ingest(ctx: JobContext) -> Outcome:
     p: IngestParams = ctx.p
     dataset_id = stable_id(ctx.job_id, "dataset")
     key = Storage.dataset_key(dataset_id)
+    limits = ZipLimits.from_settings(ctx.settings)
+    extracted: ExtractReport | None = None
     # The scratch folder (extracted zip, staging) is removed whatever happens, a failure included.
     with ctx.storage.scratch("jobs", ctx.job_id, f"attempt-{ctx.attempt}") as work:
         source: Path
         if p.upload_id is not None:
             upload_key = Storage.upload_key(p.upload_id)
+            gone = f"upload {p.upload_id} no longer exists"  # expired (app.uploads) or deleted
             try:
                 zip_path = ctx.storage.local_path(upload_key)
             except StorageError as exc:
-                raise UserError(f"upload {p.upload_id} no longer exists") from exc
+                raise UserError(gone) from exc
             source = work / "unzipped"
-            _extract(zip_path, source)
+            try:
+                extracted = _extract(zip_path, source, limits)
+            except FileNotFoundError as exc:  # deleted between the two lines
+                if zip_path.exists():
+                    raise
+                raise UserError(gone) from exc
         else:
             assert p.path is not None  # IngestParams: exactly one of path and upload_id
             source = Path(p.path)
             if not source.exists():
                 raise UserError(f"path {source} does not exist")
             if source.is_file():
-                _extract(source, work / "unzipped")
+                extracted = _extract(source, work / "unzipped", limits)
                 source = work / "unzipped"
         staging = work / "dataset"
         ctx.progress(0, 0, "scanning", force=True)
@@ -142,6 +151,13 @@ def handle_ingest(ctx: JobContext) -> Outcome:
             )
         except LayoutError as exc:
             raise UserError(str(exc)) from exc
+        if extracted is not None and extracted.skipped:
+            # Entries left in the zip are listed like the scanner's bad files, relative to the root.
+            prefix = find_root(source).relative_to(source).as_posix()
+            cut = len(prefix) + 1 if prefix != "." else 0
+            bad.extend({"file": name[cut:] if cut and name.startswith(prefix + "/") else name, "reason": reason}
+                       for name, reason in extracted.skipped)
+            bad.sort(key=lambda b: b["file"])
         if meta["n"] == 0:
             raise UserError(f"no readable patches found ({len(bad)} bad files)")
         ctx.storage.put_tree(key, staging)
@@ -161,6 +177,7 @@ def handle_ingest(ctx: JobContext) -> Outcome:
         "n_edge_patches": meta["n_edge_patches"],
         "edge_policy": meta["edge_policy"],
         "n_bad_files": len(bad),
+        "n_zip_entries_skipped": len(extracted.skipped) if extracted is not None else 0,
         "bad_files": bad[:MAX_BAD_IN_RESULT],
         "bad_files_artifact_id": bad_id,
     }
@@ -168,12 +185,18 @@ def handle_ingest(ctx: JobContext) -> Outcome:
     return Outcome(result=result, metrics=metrics, rows=[dataset])
 
 
-def _extract(zip_path: Path, target: Path) -> None:
+def _extract(zip_path: Path, target: Path, limits: ZipLimits) -> ExtractReport:
+    """safe_extract with its failures as the job's error (it deletes what it wrote)."""
     import zipfile
 
     try:
-        safe_extract(zip_path, target)
-    except zipfile.BadZipFile as exc:
-        raise UserError(f"{zip_path.name} is not a readable zip file") from exc
+        report = safe_extract(zip_path, target, limits)
+    except zipfile.BadZipFile as exc:  # a CRC or size that does not match its header included
+        raise UserError(f"{zip_path.name} is not a readable zip file: {exc}") from exc
     except LayoutError as exc:
         raise UserError(f"zip refused: {exc}") from exc
+    if report.n_extracted == 0:
+        examples = "; ".join(f"{name}: {reason}" for name, reason in report.skipped[:3])
+        raise UserError(f"the zip holds no patch of the public layout <patient>/<0|1>/<pid>_idx5_x<X>_y<Y>_class<0|1>.png "
+                        f"({len(report.skipped)} entries skipped{', e.g. ' + examples if examples else ''})")
+    return report
