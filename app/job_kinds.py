@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, computed_field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, computed_field, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlalchemy.orm import Session
 
 from app import model_registry
@@ -46,9 +47,154 @@ def _resolved(params: P, **resolved: Any) -> P:
 
 RESOLVED = "Resolved at submission when left out (and stored with the job). "
 
+# -- bounds -----------------------------------------------------------------------------------
+# Every parameter is bounded, so no one job can hold a worker for ever or flood the tables: the
+# pydantic fields below carry their ranges, and the free-form dicts (`overrides`, `speed`) are
+# checked key by key against these tables (an unknown key or a value out of range is a 422 that
+# names the field and what it allows). The models' own configs stay permissive (research code
+# and the tests build anything); these are the limits of what a job may ask for.
+
+SEED_MAX = 2**31 - 1
+GAN_STEPS_MAX = 5_000_000
+EPOCHS = (1, 200)
+INPUT_SIZE = (32, 512)
+MIN_EVERY = 10  # sample_every / checkpoint_every: 0 (off) or at least this many steps
+MAX_GRIDS = 1000  # sample grids per job (labels x steps // sample_every), and checkpoints alike
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What one key of an `overrides` or `speed` dict may be: a number in lo..hi (an integer
+    when `integer`), a boolean (`flag`), or one of `choices`; `nullable` also allows null."""
+
+    lo: float | None = None
+    hi: float | None = None
+    integer: bool = False
+    flag: bool = False
+    choices: tuple[Any, ...] = ()
+    nullable: bool = False
+    hint: str = ""  # said instead of the range: for keys that are refused outright
+
+    def describe(self) -> str:
+        if self.hint:
+            return self.hint
+        if self.flag:
+            what = "true or false"
+        elif self.choices:
+            what = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            what = f"{'an integer' if self.integer else 'a number'} in {_num(self.lo)}..{_num(self.hi)}"
+        return what + (" or null" if self.nullable else "")
+
+    def admits(self, value: Any) -> bool:
+        if self.hint:
+            return False
+        if value is None:
+            return self.nullable
+        if self.flag:
+            return isinstance(value, bool)
+        if self.choices:
+            return not isinstance(value, bool) and value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        return self.lo <= value <= self.hi  # False for NaN
+
+
+def _int(lo: float, hi: float) -> Allowed:
+    return Allowed(lo, hi, integer=True)
+
+
+FLAG = Allowed(flag=True)
+
+# models.msggan.GanConfig: every field.
+GAN_OVERRIDES: dict[str, Allowed] = {
+    "latent_dim": _int(1, 1024), "width": Allowed(1 / 64, 2), "depth": _int(2, 8),
+    "equalized_lr": FLAG, "pixel_norm": FLAG, "mbstd_group": _int(0, 64),
+    "loss": Allowed(choices=("wgan-gp", "rahinge")), "gp_lambda": Allowed(0, 1000), "drift": Allowed(0, 1),
+    "lr": Allowed(1e-8, 1), "batch_size": _int(1, 1024), "n_critic": _int(1, 10),
+    "optimizer": Allowed(choices=("rmsprop", "adam")), "adam_beta1": Allowed(0, 0.99999),
+    "adam_beta2": Allowed(0, 0.99999), "ema_beta": Allowed(0, 0.99999), "fixed_samples": _int(1, 256),
+    "seed": _int(0, SEED_MAX), "upsample": Allowed(choices=("nearest", "bilinear")),
+}
+# models.classifier.ClassifierConfig: epochs and input_size within the top-level params' own
+# bounds; weights only as the top-level param (whose file is checked).
+CLASSIFIER_OVERRIDES: dict[str, Allowed] = {
+    "weights": Allowed(hint="not an override: give the top-level 'weights' parameter (its file is checked)"),
+    "mode": Allowed(choices=("frozen", "finetune")), "input_size": _int(*INPUT_SIZE), "lr": Allowed(1e-8, 1),
+    "batch_size": _int(1, 1024), "epochs": _int(*EPOCHS), "seed": _int(0, SEED_MAX),
+    "num_classes": Allowed(choices=(2,)), "fast_path": FLAG, "eval_batch_size": _int(1, 1024),
+}
+# models.gan_speed.TrainSpeed: every field.
+SPEED_OPTIONS: dict[str, Allowed] = {
+    "precision": Allowed(choices=("auto", "fp32", "bf16")), "channels_last": Allowed(flag=True, nullable=True),
+    "cuda_graph": Allowed(flag=True, nullable=True), "compile": FLAG, "tf32": Allowed(flag=True, nullable=True),
+    "read_ahead": Allowed(0, 64, integer=True, nullable=True), "sync_every": Allowed(1, 1000, integer=True, nullable=True),
+    "graph_warmup": _int(1, 100),
+}
+
+
+def _error(key: str, value: Any, message: str) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("out_of_bounds", "{detail}", {"detail": message}),
+                            loc=(key,), input=value)
+
+
+def _out_of_bounds(title: str, key: str, value: Any, message: str) -> ValidationError:
+    """A validation error located at `key` (raised from a validator, pydantic nests its location)."""
+    return ValidationError.from_exception_data(title, [_error(key, value, message)])
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bounded(table: dict[str, Allowed], what: str) -> AfterValidator:
+    """Check a free-form dict key by key: one error per wrong key, located at (field, key)."""
+    def check(values: dict[str, Any]) -> dict[str, Any]:
+        wrong = []
+        for key, value in values.items():
+            if key not in table:
+                message = f"not a {what} field (known: {', '.join(table)})"
+            elif not table[key].admits(value):
+                message = table[key].hint or f"must be {table[key].describe()}, got {_short(value)}"
+            else:
+                continue
+            wrong.append(_error(key, value, message))
+        if wrong:
+            raise ValidationError.from_exception_data(what, wrong)
+        return values
+    return AfterValidator(check)
+
+
+GanOverrides = Annotated[dict[str, Any], _bounded(GAN_OVERRIDES, "GanConfig")]
+ClassifierOverrides = Annotated[dict[str, Any], _bounded(CLASSIFIER_OVERRIDES, "ClassifierConfig")]
+SpeedOptions = Annotated[dict[str, Any], _bounded(SPEED_OPTIONS, "TrainSpeed")]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Id = Annotated[str, Field(max_length=64)]
+
+
+def _every(value: int) -> int:
+    if value != 0 and not MIN_EVERY <= value <= GAN_STEPS_MAX:
+        raise PydanticCustomError("out_of_bounds", "must be 0 (off) or in {lo}..{hi}, got {value}",
+                                  {"lo": MIN_EVERY, "hi": GAN_STEPS_MAX, "value": value})
+    return value
+
+
+Every = Annotated[int, AfterValidator(_every)]
+
+
+def smallest_every(steps: int, n_labels: int) -> int:
+    """The smallest sample_every / checkpoint_every that keeps a job within MAX_GRIDS:
+    n_labels * (steps // every) <= MAX_GRIDS."""
+    return max(MIN_EVERY, steps // (MAX_GRIDS // n_labels + 1) + 1)
+
 
 class IngestParams(Params):
-    path: str | None = Field(None, description="Server-side folder (public IDC layout) or .zip file.")
+    path: str | None = Field(None, max_length=4096, description="Server-side folder (public IDC layout) or .zip file.")
     upload_id: str | None = Field(None, pattern="^[0-9a-f]{32}$", description="A zip uploaded with POST /v1/uploads.")
     name: str | None = Field(None, max_length=200)
 
@@ -104,18 +250,32 @@ def _label_count(dataset, label: int) -> int:  # noqa: ANN001
 
 
 class TrainGanParams(Params):
-    dataset_id: str
+    dataset_id: Id
     label: Label | Literal["both"] = Field(description="1/'IDC+', 0/'IDC-', or 'both' (one model per label)")
     preset: Literal["paper", "cpu-small", "cpu-small-he", "cpu-medium", "gpu-large"] = "cpu-small"
-    steps: int = Field(2000, ge=1, le=10_000_000)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Any GanConfig field")
-    speed: dict[str, Any] = Field(default_factory=dict, description="Any TrainSpeed field (precision, cuda_graph, ...)")
+    steps: int = Field(2000, ge=1, le=GAN_STEPS_MAX)
+    overrides: GanOverrides = Field(default_factory=dict, description="GanConfig fields, each within its bounds")
+    speed: SpeedOptions = Field(default_factory=dict, description="TrainSpeed fields (precision, cuda_graph, ...)")
     holdout_fraction: float = Field(0.0, ge=0, lt=1, description="Patients kept out of GAN training (seeded), "
                                     "recorded on the generator for the audit's holdout")
-    holdout_seed: int = 0
-    checkpoint_every: int = Field(500, ge=0)
-    sample_every: int = Field(500, ge=0)
+    holdout_seed: Seed = 0
+    checkpoint_every: Every = Field(500, description=f"0 (off) or >= {MIN_EVERY} steps")
+    sample_every: Every = Field(500, description=f"0 (off) or >= {MIN_EVERY} steps")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _bounded_outputs(self) -> "TrainGanParams":
+        # One sample grid (an artifact row and a PNG) and one checkpoint every so many steps:
+        # at most MAX_GRIDS of each per job, whatever the steps.
+        n_labels = 2 if self.label == "both" else 1
+        for name in ("sample_every", "checkpoint_every"):
+            every = getattr(self, name)
+            if every and n_labels * (self.steps // every) > MAX_GRIDS:
+                raise _out_of_bounds(type(self).__name__, name, every, (
+                    f"{every} gives {n_labels * (self.steps // every)} outputs over {self.steps} steps x "
+                    f"{n_labels} label(s); at most {MAX_GRIDS} per job: use {name} >= "
+                    f"{smallest_every(self.steps, n_labels)} or 0 (off)"))
+        return self
 
     @computed_field(description="The labels trained, one model each: derived from `label`, stored with the job.")
     @property
@@ -148,8 +308,8 @@ def check_train_gan(params: TrainGanParams, settings: Settings, session: Session
 class GenerateParams(Params):
     label: Label
     n: int = Field(gt=0)
-    seed: int = Field(0, ge=0)
-    model_id: str | None = Field(None, description=RESOLVED + "Default: the label's promoted generator.")
+    seed: Seed = 0
+    model_id: str | None = Field(None, max_length=64, description=RESOLVED + "Default: the label's promoted generator.")
     size: Literal[64, 50] = 64
     batch_size: int = Field(256, ge=1, le=4096)
     name: str | None = Field(None, max_length=200)
@@ -182,12 +342,12 @@ def check_generate(params: GenerateParams, settings: Settings, session: Session)
 
 
 class ClassifierParams(Params):
-    weights: str = Field("imagenet", description="'imagenet' (torchvision IMAGENET1K_V1), 'none', or a server-side .pth")
+    weights: str = Field("imagenet", max_length=4096, description="'imagenet' (torchvision IMAGENET1K_V1), 'none', or a server-side .pth")
     mode: Literal["frozen", "finetune"] = "frozen"
-    epochs: int = Field(150, ge=1, le=10_000)
-    input_size: int = Field(224, ge=32, le=1024)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Other ClassifierConfig fields (lr, batch_size, seed)")
-    max_per_class: int | None = Field(None, ge=1, description="Subsample each class (seeded) for CPU-scale runs")
+    epochs: int = Field(150, ge=EPOCHS[0], le=EPOCHS[1])
+    input_size: int = Field(224, ge=INPUT_SIZE[0], le=INPUT_SIZE[1])
+    overrides: ClassifierOverrides = Field(default_factory=dict, description="Other ClassifierConfig fields (lr, batch_size, seed)")
+    max_per_class: int | None = Field(None, ge=1, le=10_000_000, description="Subsample each class (seeded) for CPU-scale runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def classifier_settings(self) -> dict[str, Any]:
@@ -212,10 +372,10 @@ def _check_classifier(params: ClassifierParams) -> None:
 
 
 class TrainClassifierParams(ClassifierParams):
-    dataset_id: str
+    dataset_id: Id
     val_fraction: float = Field(0.2, gt=0, lt=1)
     split_by: Literal["patient", "patch"] = "patient"
-    split_seed: int = 0
+    split_seed: Seed = 0
 
 
 def check_train_classifier(params: TrainClassifierParams, settings: Settings, session: Session) -> None:
@@ -226,11 +386,11 @@ def check_train_classifier(params: TrainClassifierParams, settings: Settings, se
 
 
 class EvaluateParams(ClassifierParams):
-    real_dataset_id: str
-    synthetic_dataset_ids: list[str] = Field(min_length=1, description="Synthetic datasets (e.g. one per label)")
+    real_dataset_id: Id
+    synthetic_dataset_ids: list[Id] = Field(min_length=1, max_length=16, description="Synthetic datasets (e.g. one per label)")
     split_by: Literal["patient", "patch"] = "patient"
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     augment_fraction: float = Field(0.1, ge=0, lt=1, description="Real share for the augmentation rows (0: off)")
     bootstrap: int = Field(1000, ge=10, le=100_000, description="Bootstrap resamples over test patients")
 
@@ -250,16 +410,16 @@ def check_evaluate(params: EvaluateParams, settings: Settings, session: Session)
 
 
 class AuditParams(Params):
-    synthetic_dataset_id: str
-    train_dataset_id: str | None = Field(None, description=RESOLVED + "Default: the dataset the generator was trained on")
-    holdout_dataset_id: str | None = Field(None, description="Default: the generator's recorded holdout patients")
+    synthetic_dataset_id: Id
+    train_dataset_id: str | None = Field(None, max_length=64, description=RESOLVED + "Default: the dataset the generator was trained on")
+    holdout_dataset_id: str | None = Field(None, max_length=64, description="Default: the generator's recorded holdout patients")
     features: Literal["domain", "inception"] = "domain"
-    classifier_model_id: str | None = Field(None, description=RESOLVED + "domain features: default the promoted "
+    classifier_model_id: str | None = Field(None, max_length=64, description=RESOLVED + "domain features: default the promoted "
                                             "classifier (none for inception features)")
     max_samples: int = Field(10_000, ge=10, le=200_000)
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    generator_id: str | None = Field(None, description=RESOLVED + "The generator that drew the synthetic dataset; "
+    generator_id: str | None = Field(None, max_length=64, description=RESOLVED + "The generator that drew the synthetic dataset; "
                                      "when given it must be that one.")
     label: Label | None = Field(None, description=RESOLVED + "That generator's label; when given it must be that one.")
 
@@ -280,19 +440,19 @@ def check_audit(params: AuditParams, settings: Settings, session: Session) -> Au
 class ExperimentParams(ClassifierParams):
     """The paper's pipeline in one job; the classifier fields are the evaluate step's."""
 
-    dataset_id: str
+    dataset_id: Id
     fraction: float = Field(1.0, gt=0, le=1, description="Times the paper's sizes (40,000 / 38,000 per class)")
     holdout_share: float = Field(0.1, gt=0, lt=0.5, description="Share of each label for the audit's holdout patients")
     preset: Literal["paper", "cpu-small", "cpu-small-he", "cpu-medium", "gpu-large"] = "cpu-small"
-    steps: int = Field(2000, ge=1, le=10_000_000, description="GAN steps per generator")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="GanConfig fields")
-    classifier_overrides: dict[str, Any] = Field(default_factory=dict, description="ClassifierConfig fields (lr, seed)")
-    speed: dict[str, Any] = Field(default_factory=dict, description="TrainSpeed fields")
+    steps: int = Field(2000, ge=1, le=GAN_STEPS_MAX, description="GAN steps per generator")
+    overrides: GanOverrides = Field(default_factory=dict, description="GanConfig fields")
+    classifier_overrides: ClassifierOverrides = Field(default_factory=dict, description="ClassifierConfig fields (lr, seed)")
+    speed: SpeedOptions = Field(default_factory=dict, description="TrainSpeed fields")
     augment_fraction: float = Field(0.1, ge=0, lt=1)
     sample_size: Literal[64, 50] = 64
     audit_max_samples: int = Field(2000, ge=10, le=200_000)
-    domain_epochs: int = Field(3, ge=1, le=1000, description="Epochs of the audit's domain ResNet18 (64 px, finetune)")
-    seed: int = 0
+    domain_epochs: int = Field(3, ge=EPOCHS[0], le=EPOCHS[1], description="Epochs of the audit's domain ResNet18 (64 px, finetune)")
+    seed: Seed = 0
 
     def _classifier_overrides(self) -> dict[str, Any]:
         # The evaluate step's classifier: `overrides` are the GAN's here.

@@ -6,6 +6,11 @@ grids (as NVlabs' training loops do) and writes whatever it wants from them.
 One step = `n_critic` discriminator updates then one generator update. The generator update
 uses the latents of the last critic update (as e.g. PyTorch's DCGAN example does) and so can
 reuse those fakes and their graph instead of running G again: one G forward less per step.
+An eager step checks `abort_fn` between its critic updates (and draws each update's inputs just
+before it, in the same order as before), so a large `n_critic` cannot delay a cancel by a whole
+step; a CUDA-graph step is one replay and is checked between replays. A step stopped part-way
+leaves the trainer unusable for checkpoints (`state_dict` refuses): its D, data position and
+noise stream are ahead of `step`, so the caller resumes from the last checkpoint instead.
 
 How it runs (models.gan_speed.TrainSpeed) is separate from what it computes (GanConfig). On a
 GPU the step has fixed shapes, so after a few eager steps it is captured once as a CUDA graph
@@ -84,6 +89,7 @@ class GanTrainer:
         self._side: torch.cuda.Stream | None = None
         self.graph_error: str | None = None
         self._eager_steps = 0  # since the optimizers' state was (re)built; a graph needs some first
+        self._torn = False  # a step stopped between critic updates (see the module docstring)
 
     def _make_loader(self, epoch: int, position: int) -> BatchLoader:
         return BatchLoader(self.images, self.config.batch_size, self.config.seed, epoch, position,
@@ -102,19 +108,28 @@ class GanTrainer:
         self.loader.close()
 
     # -- one step: the math, on given inputs ------------------------------------------------
-    def _step_math(self, reals_u8: list[torch.Tensor], zs: list[torch.Tensor],
-                   alphas: list[torch.Tensor]) -> torch.Tensor:
-        """n_critic D updates, one G update, the EMA; returns the losses (4,) on the device."""
+    def _step_math(self, inputs: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                   abort_fn: Callable[[], bool] | None = None) -> torch.Tensor | None:
+        """n_critic D updates, one G update, the EMA; returns the losses (4,) on the device.
+
+        `inputs(k)` gives critic update k's uint8 reals, latents and penalty alphas. With
+        `abort_fn` (eager steps only: a captured graph must not branch on the host), it is asked
+        before every critic update after the first; when it says stop, the step ends there and
+        None is returned (the trainer is then marked torn)."""
         cfg, D, sp = self.config, self.D, self.speed
         D.requires_grad_(True)
         for k in range(cfg.n_critic):
+            if k and abort_fn is not None and abort_fn():
+                self._torn = True
+                return None
+            real_u8, z, alpha = inputs(k)
             reals = [x.contiguous(memory_format=sp.memory_format)
-                     for x in real_pyramid(reals_u8[k], cfg.resolution, cfg.depth, self.device)]
+                     for x in real_pyramid(real_u8, cfg.resolution, cfg.depth, self.device)]
             last = k == cfg.n_critic - 1
             with torch.set_grad_enabled(last), sp.autocast():
-                fakes = self._G_run(zs[k])  # on the last critic step the graph is kept for the G update
+                fakes = self._G_run(z)  # on the last critic step the graph is kept for the G update
             with sp.autocast():
-                d_loss, stats = discriminator_loss(cfg.loss, self._D_run, reals, fakes, alphas[k], cfg.gp_lambda,
+                d_loss, stats = discriminator_loss(cfg.loss, self._D_run, reals, fakes, alpha, cfg.gp_lambda,
                                                    cfg.drift, gp_critic=D)
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -131,26 +146,27 @@ class GanTrainer:
         self._update_ema()
         return torch.stack([stats["d_loss"], g_loss.detach(), stats["gp"], stats["wasserstein"]]).float()
 
-    def _draw_inputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        cfg, b = self.config, self.config.batch_size
-        reals, zs, alphas = [], [], []
-        for _ in range(cfg.n_critic):
-            reals.append(self.loader.next())
-            zs.append(torch.randn(b, cfg.latent_dim, generator=self.noise_rng, device=self.device))
-            alphas.append(torch.rand(b, 1, 1, 1, generator=self.noise_rng, device=self.device))
-        return reals, zs, alphas
+    def _draw_one(self, k: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One critic update's inputs, from the data order and the noise stream (in this order)."""
+        b, latent_dim = self.config.batch_size, self.config.latent_dim
+        real = self.loader.next()
+        z = torch.randn(b, latent_dim, generator=self.noise_rng, device=self.device)
+        alpha = torch.rand(b, 1, 1, 1, generator=self.noise_rng, device=self.device)
+        return real, z, alpha
 
     # -- one step: eager or replayed -------------------------------------------------------
-    def _advance(self) -> torch.Tensor:
+    def _advance(self, abort_fn: Callable[[], bool] | None = None) -> torch.Tensor | None:
+        """One step; None when `abort_fn` stopped it between critic updates."""
         sp = self.speed
         if sp.cuda_graph and self._graph is None and self._eager_steps >= sp.graph_warmup:
             self._capture()
         if self._graph is not None:
-            reals, zs, alphas = self._draw_inputs()
-            for dst, src in zip(self._static[0], reals):
-                dst.copy_(src, non_blocking=True)
-            for dst, src in zip(self._static[1] + self._static[2], zs + alphas):
-                dst.copy_(src)
+            reals, zs, alphas = self._static
+            for k in range(self.config.n_critic):
+                real, z, alpha = self._draw_one(k)
+                reals[k].copy_(real, non_blocking=True)
+                zs[k].copy_(z)
+                alphas[k].copy_(alpha)
             self._graph.replay()
             losses = self._static_losses.clone()
         elif sp.cuda_graph:
@@ -160,10 +176,12 @@ class GanTrainer:
             side = self._side
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                losses = self._step_math(*self._draw_inputs())
+                losses = self._step_math(self._draw_one, abort_fn)
             torch.cuda.current_stream(self.device).wait_stream(side)
         else:
-            losses = self._step_math(*self._draw_inputs())
+            losses = self._step_math(self._draw_one, abort_fn)
+        if losses is None:
+            return None
         self._eager_steps += 1
         self.step += 1
         self._pending.append(losses)
@@ -181,7 +199,7 @@ class GanTrainer:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):  # records the kernels; nothing is computed until replay
-                self._static_losses = self._step_math(*self._static)
+                self._static_losses = self._step_math(lambda k: tuple(s[k] for s in self._static))
         except RuntimeError as exc:  # an op this torch cannot capture: stay eager, and say so
             warnings.warn(f"CUDA-graph capture of the GAN step failed, training eagerly: {exc}", stacklevel=2)
             self.graph_error = f"{type(exc).__name__}: {exc}"
@@ -202,7 +220,7 @@ class GanTrainer:
         the data order and noise streams do not advance."""
         if self.config.n_critic != 1:
             raise ValueError("train_step_on takes one critic step's inputs")
-        losses = self._step_math([batch_u8.to(self.device)], [z.to(self.device)], [alpha.to(self.device)])
+        losses = self._step_math(lambda k: (batch_u8.to(self.device), z.to(self.device), alpha.to(self.device)))
         self.step += 1
         self._eager_steps += 1
         self._pending.append(losses)
@@ -247,7 +265,9 @@ class GanTrainer:
             if abort_fn is not None and abort_fn():
                 self._flush()
                 return False
-            self._advance()
+            if self._advance(abort_fn) is None:  # stopped between critic updates
+                self._flush()
+                return False
             if self.step % every == 0 or self.step == steps:
                 self._flush()
                 if progress_fn is not None:
@@ -265,6 +285,8 @@ class GanTrainer:
 
     def state_dict(self) -> dict:
         """Everything to resume bit-for-bit (on CPU); loads with torch.load(weights_only=True)."""
+        if self._torn:
+            raise RuntimeError("a step was stopped part-way: this state is not a resumable checkpoint")
         self._flush()
         history = torch.tensor([[h[k] for k in HISTORY_KEYS] for h in self.history],
                                dtype=torch.float64).reshape(-1, len(HISTORY_KEYS))
@@ -288,6 +310,7 @@ class GanTrainer:
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self._graph, self._eager_steps = None, 0  # the optimizers' state tensors are new: capture again
+        self._torn = False
         self.step = int(state["step"])
         self.loader.close()
         self.loader = self._make_loader(int(state["epoch"]), int(state["position"]))

@@ -41,7 +41,7 @@ def negatives_only(service, shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(service, real_slice):
     body = {"kind": "train_gan", "params": {"dataset_id": real_slice, "label": "IDC+", "preset": "cpu-small",
-                                            "steps": 12, "checkpoint_every": 4, "sample_every": 6, "overrides": TINY}}
+                                            "steps": 20, "checkpoint_every": 10, "sample_every": 10, "overrides": TINY}}
     resp = service.client.post("/v1/jobs", json=body)
     assert resp.status_code == 202, resp.text
     job = service.wait_job(resp.json()["id"])
@@ -52,10 +52,10 @@ def trained(service, real_slice):
 def test_train_gan_job_outputs(service, trained):
     model_id = trained["result"]["model_ids"]["1"]
     names = {a["name"] for a in trained["artifacts"]}
-    assert {"samples/label1/step0000006.png", "samples/label1/step0000012.png", "loss_curves_label1.png"} <= names
-    assert [c["step"] for c in trained["checkpoints"]] == [4, 8, 12]
-    assert trained["metrics"]["label1"]["step"] == 12
-    grid = next(a for a in trained["artifacts"] if a["name"] == "samples/label1/step0000012.png")
+    assert {"samples/label1/step0000010.png", "samples/label1/step0000020.png", "loss_curves_label1.png"} <= names
+    assert [c["step"] for c in trained["checkpoints"]] == [10, 20]
+    assert trained["metrics"]["label1"]["step"] == 20
+    grid = next(a for a in trained["artifacts"] if a["name"] == "samples/label1/step0000020.png")
     img = Image.open(io.BytesIO(service.client.get(grid["url"]).content))
     # 5 scales (rows) x 4 fixed latents (columns) of 64 px tiles with 2 px padding.
     assert img.size == (2 + 4 * 66, 2 + 5 * 66)
@@ -151,7 +151,7 @@ def test_sigterm_hands_the_running_job_back(service, real_slice):
     import signal
 
     body = {"kind": "train_gan", "params": {"dataset_id": real_slice, "label": 1, "steps": 60,
-                                            "checkpoint_every": 5, "sample_every": 0, "overrides": TINY}}
+                                            "checkpoint_every": 10, "sample_every": 0, "overrides": TINY}}
     job_id = service.client.post("/v1/jobs", json=body).json()["id"]
     deadline = time.monotonic() + 120
     while not (job := service.client.get(f"/v1/jobs/{job_id}").json())["checkpoints"]:
@@ -165,4 +165,4 @@ def test_sigterm_hands_the_running_job_back(service, real_slice):
     service.start_worker()
     job = service.wait_job(job_id, timeout=300)
     assert job["state"] == "succeeded" and job["attempts"] == 1
-    assert job["metrics"]["label1"]["step"] == 60 and job["metrics"]["label1"]["resumed_from_step"] >= 5
+    assert job["metrics"]["label1"]["step"] == 60 and job["metrics"]["label1"]["resumed_from_step"] >= 10

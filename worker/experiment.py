@@ -27,7 +27,7 @@ import numpy as np
 
 from app import jobs
 from app.db import session_scope
-from app.job_kinds import ExperimentParams, stored_params, validate_params
+from app.job_kinds import ExperimentParams, smallest_every, stored_params, validate_params
 from app.packed import read_index, write_subset
 from app.problems import Problem
 from app.storage import Storage
@@ -126,7 +126,7 @@ def handle_experiment(ctx: JobContext) -> Outcome:
     gan = _child(ctx, "train_gan", "train_gan", {
         "dataset_id": parts["gan"], "label": "both", "preset": p.preset, "steps": p.steps,
         "overrides": p.overrides, "speed": p.speed, "device": p.device,
-        "checkpoint_every": max(1, min(500, p.steps // 4)), "sample_every": 0})
+        "checkpoint_every": max(smallest_every(p.steps, 2), min(500, p.steps // 4)), "sample_every": 0})
     with session_scope(ctx.db_url) as s:
         cls_counts = s.get(Dataset, parts["classify"]).counts["by_label"]
     synthetic = {}

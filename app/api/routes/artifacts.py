@@ -1,23 +1,39 @@
-"""/v1/artifacts/{id}: files produced by jobs, served by opaque id only (never by path or key)."""
+"""/v1/artifacts/{id}: files produced by jobs, served by opaque id only (never by path or key);
+/v1/jobs/{id}/artifacts: a job's artifacts, paged."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api.deps import SessionDep, StorageDep, get_or_404
+from app.api.schemas import PAGE_MAX, ArtifactList, artifact_public, job_rows
 from app.packed import META_FILE
 from app.problems import Problem
 from app.storage import StorageError
-from app.tables import Artifact
+from app.tables import Artifact, Job
 from app.zipstream import iter_png_zip
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+router = APIRouter(tags=["artifacts"])
 
 
-@router.get("/{artifact_id}", response_class=FileResponse)
+@router.get("/v1/jobs/{job_id}/artifacts", response_model=ArtifactList)
+def list_job_artifacts(
+    job_id: str, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    name_prefix: Annotated[str | None, Query(max_length=300, description="e.g. samples/label1/")] = None,
+) -> ArtifactList:
+    """All of a job's artifacts, oldest first (a job's JSON embeds only the newest)."""
+    get_or_404(session, Job, job_id, "job")
+    rows, count = job_rows(session, Artifact, job_id, limit=limit, offset=offset, name_prefix=name_prefix)
+    return ArtifactList(data=[artifact_public(a) for a in rows], count=count, limit=limit, offset=offset)
+
+
+@router.get("/v1/artifacts/{artifact_id}", response_class=FileResponse)
 def get_artifact(artifact_id: str, session: SessionDep, storage: StorageDep) -> Response:
     artifact = get_or_404(session, Artifact, artifact_id, "artifact")
     filename = Path(artifact.name).name

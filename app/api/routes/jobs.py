@@ -1,4 +1,5 @@
-"""/v1/jobs: create (idempotent), list, show, cancel."""
+"""/v1/jobs: create (idempotent), list, show, cancel; a job's checkpoints, paged (its artifacts:
+app/api/routes/artifacts.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app import jobs
 from app.api.deps import JobRate, QueueDep, SessionDep, SettingsDep
-from app.api.schemas import JobCreate, JobList, JobPublic, job_public
+from app.api.schemas import (PAGE_MAX, CheckpointList, JobCreate, JobList, JobPublic, checkpoint_public, job_public,
+                             job_rows)
 from app.job_kinds import validate_params
 from app.submit import submit
-from app.tables import JOB_STATES
+from app.tables import JOB_STATES, Checkpoint
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -35,7 +37,7 @@ def list_jobs(
     kind: str | None = None,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(JOB_STATES) + ")$")] = None,
     parent_id: Annotated[str | None, Query(max_length=32, description="children of this job")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobList:
     rows, count = jobs.list_jobs(session, kind=kind, state=state, limit=limit, offset=offset, parent_id=parent_id)
@@ -45,6 +47,18 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, session: SessionDep) -> JobPublic:
     return job_public(session, jobs.get_job(session, job_id))
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def list_job_checkpoints(
+    job_id: str, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> CheckpointList:
+    """All of a job's checkpoints, by step (a job's JSON embeds only the newest)."""
+    jobs.get_job(session, job_id)
+    rows, count = job_rows(session, Checkpoint, job_id, limit=limit, offset=offset)
+    return CheckpointList(data=[checkpoint_public(c) for c in rows], count=count, limit=limit, offset=offset)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
