@@ -21,6 +21,9 @@ cli = typer.Typer(help="histosynth: synthetic histopathology patches and their c
                   no_args_is_help=True, pretty_exceptions_enable=False)
 jobs_cli = typer.Typer(help="List, show, wait for and cancel jobs.", no_args_is_help=True)
 cli.add_typer(jobs_cli, name="jobs")
+keys_cli = typer.Typer(help="Create, list and revoke API keys (on the server: writes the database directly).",
+                       no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -67,8 +70,17 @@ def serve(
     from app.migrate import upgrade_head
 
     settings = get_settings()
+    from app.auth import is_loopback
+
+    if settings.auth == "open" and not is_loopback(host):
+        fail(f"refusing to serve on {host} without API keys: HISTOSYNTH_AUTH=open answers loopback clients only. "
+             "Set HISTOSYNTH_AUTH=keys and create a key (histosynth keys create --name NAME --role admin), "
+             "or serve on 127.0.0.1.", 2)
     settings.resolved_home.mkdir(parents=True, exist_ok=True)
     upgrade_head(settings.resolved_database_url)
+    if settings.auth == "open":
+        typer.echo("open mode: no API keys; only clients on this machine are answered (HISTOSYNTH_AUTH=keys to "
+                   "require keys)", err=True)
     env = {**os.environ, "HISTOSYNTH_HOME": str(settings.resolved_home)}
     stopping = threading.Event()
     worker_proc: list[subprocess.Popen] = []
@@ -126,7 +138,9 @@ def _safe_url(url: str) -> str:
 # -- client commands --------------------------------------------------------------------
 
 def client() -> httpx.Client:
-    return httpx.Client(base_url=get_settings().api_url, timeout=60)
+    settings = get_settings()
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    return httpx.Client(base_url=settings.api_url, timeout=60, headers=headers)
 
 
 def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -222,6 +236,58 @@ def jobs_cancel(job_id: str) -> None:
     """Cancel a queued job at once, or ask a running one to stop."""
     job = call("POST", f"/v1/jobs/{job_id}/cancel")
     typer.echo(f"job {job['id']}: {job['state']}{' (cancel requested)' if job['cancel_requested'] else ''}")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what holds it, e.g. a lab member or a pipeline")],
+    role: Annotated[str, typer.Option(help="admin (ingest server paths, promote, read the audit log) or user")] = "user",
+) -> None:
+    """Create a key and print its secret: shown this once, stored only as a hash."""
+    from app import audit_log, auth
+    from app.db import session_scope
+    from app.migrate import upgrade_head
+
+    settings = get_settings()
+    upgrade_head(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        try:
+            key, secret = auth.create_key(s, name, role)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        audit_log.record(s, None, "keys.create", 201, object_type="key", object_id=key.id,
+                         detail={"via": "cli", "role": key.role, "name": key.name})
+        typer.echo(f"key {key.id} ({key.role}, {key.name!r}) created. Its secret, shown only now:")
+        typer.echo(secret)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """Every key: id, role, name, prefix, created, last used, revoked."""
+    from app import auth
+    from app.db import session_scope
+
+    with session_scope(get_settings().resolved_database_url) as s:
+        for k in auth.list_keys(s):
+            state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+            used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+            typer.echo(f"{k.id}  {k.role:5}  {k.prefix}...  {k.name}  created {k.created_at:%Y-%m-%d %H:%M}  "
+                       f"last used {used}  {state}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: its next request is a 401."""
+    from app import audit_log, auth
+    from app.db import session_scope
+
+    with session_scope(get_settings().resolved_database_url) as s:
+        try:
+            key = auth.revoke_key(s, key_id)
+        except LookupError as exc:
+            fail(str(exc), 2)
+        audit_log.record(s, None, "keys.revoke", 200, object_type="key", object_id=key.id, detail={"via": "cli"})
+        typer.echo(f"key {key.id} ({key.name!r}) revoked")
 
 
 def main() -> None:

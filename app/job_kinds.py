@@ -213,8 +213,9 @@ def check_ingest(params: IngestParams, settings: Settings, session: Session) -> 
     path = Path(params.path).expanduser()
     if not path.is_absolute():
         raise Problem(422, "Path must be absolute", f"{params.path!r} is relative; the worker resolves nothing.")
-    if settings.ingest_roots and not any(path.resolve().is_relative_to(r.resolve()) for r in settings.ingest_roots):
-        raise Problem(422, "Path outside the allowed ingest roots", f"{path} is not under HISTOSYNTH_INGEST_ROOTS.")
+    refusal = ingest_path_refusal(settings, path)
+    if refusal is not None:  # checked before existence: a refused path says nothing about the server
+        raise Problem(422, "Path outside the allowed ingest roots", refusal)
     if not path.exists():
         raise Problem(422, "Path does not exist", f"{path} does not exist on the server.")
     if path.is_file():
@@ -523,3 +524,19 @@ def stored_params(kind: str, stored: dict[str, Any]) -> Params:
     Computed fields in the stored JSON are left out: the model derives them again."""
     model = KINDS[kind].params
     return model.model_validate({k: v for k, v in stored.items() if k not in model.model_computed_fields})
+
+
+def ingest_path_refusal(settings: Settings, path: Path) -> str | None:
+    """Why a server-side ingest may not read `path`, or None. With no HISTOSYNTH_INGEST_ROOTS,
+    only the open (embedded, loopback-only) mode may read anywhere; with keys required it is
+    off. The API checks it at submission and the worker again before reading (the roots may
+    have changed while the job was queued)."""
+    roots = settings.ingest_roots
+    if not roots:
+        if settings.auth == "open":
+            return None
+        return "server-side ingest is off: HISTOSYNTH_INGEST_ROOTS is empty (set it to the folders it may read)"
+    resolved = path.resolve()
+    if any(resolved.is_relative_to(r.resolve()) for r in roots):
+        return None
+    return f"{path} is not under HISTOSYNTH_INGEST_ROOTS"

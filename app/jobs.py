@@ -11,9 +11,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -50,7 +51,7 @@ def request_hash(kind: str, params: dict[str, Any]) -> str:
 
 def create_job(
     session: Session, kind: str, params: dict[str, Any], *, idempotency_key: str | None = None, max_attempts: int = 3,
-    parent_id: str | None = None, job_id: str | None = None,
+    parent_id: str | None = None, job_id: str | None = None, created_by: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job. Returns (job, created); same key + same body returns the first job.
     A child job (`parent_id`) may be given a stable `job_id`; creating it again returns it."""
@@ -66,7 +67,7 @@ def create_job(
     # enqueued_at is set here, in the insert, rather than by an UPDATE after sending the
     # message: such an UPDATE would hold the row lock just when the worker tries to claim it.
     job = Job(kind=kind, params=params, idempotency_key=idempotency_key, request_hash=digest,
-              max_attempts=max_attempts, enqueued_at=utcnow(), parent_id=parent_id)
+              max_attempts=max_attempts, enqueued_at=utcnow(), parent_id=parent_id, created_by=created_by)
     if job_id is not None:
         job.id = job_id
     session.add(job)
@@ -97,9 +98,10 @@ def get_job(session: Session, job_id: str) -> Job:
 
 def list_jobs(
     session: Session, *, kind: str | None = None, state: str | None = None, limit: int = 50, offset: int = 0,
-    parent_id: str | None = None,
+    parent_id: str | None = None, narrow: Callable[[Select], Select] | None = None,
 ) -> tuple[list[Job], int]:
-    query = select(Job)
+    """`narrow` restricts the rows further (app.ownership.visible: what the caller may read)."""
+    query = select(Job) if narrow is None else narrow(select(Job))
     if parent_id:
         query = query.where(Job.parent_id == parent_id)
     if kind:

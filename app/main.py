@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
 from app.admission import InflightGate, RateLimiter
-from app.api.routes import artifacts, datasets, experiments, generations, health, jobs, models, predictions, uploads
+from app.audit_log import AuditTrail
+from app.auth import authenticate, require_admin_key
+from app.api.routes import artifacts, audit, datasets, experiments, generations, health, jobs, models, predictions, uploads
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.queue import JobQueue
 from app.request_id import RequestId
@@ -47,10 +50,14 @@ class RequestMetrics:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
+    open_mode = settings.auth == "open"
+    docs = settings.docs if settings.docs is not None else open_mode
     app = FastAPI(
         title="histosynth",
         version="0.1.0",
         description="Synthetic breast-histopathology patches (MSG-GAN) and ResNet18 classification.",
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     from app.predictor import Predictor
@@ -63,8 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.prediction_gate = InflightGate(settings.predict_max_inflight_images)
     app.state.decode_limiter = anyio.CapacityLimiter(settings.predict_decode_threads)
     problems.install(app)
-    for module in (jobs, generations, experiments, predictions, datasets, models, artifacts, uploads, health):
-        app.include_router(module.router)
+    # Every /v1 route needs a principal (app.auth): none can be left public by forgetting it.
+    for module in (jobs, generations, experiments, predictions, datasets, models, artifacts, uploads, audit):
+        app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.include_router(health.router)
+    metrics_public = settings.metrics_public if settings.metrics_public is not None else open_mode
+    app.include_router(health.metrics_router, dependencies=[] if metrics_public else [Depends(require_admin_key)])
 
     collector = JobStateCollector(settings.resolved_database_url)
     try:
@@ -72,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     except ValueError:  # a second app in one process (tests): replace the old collector
         pass
 
+    app.add_middleware(AuditTrail, database_url=settings.resolved_database_url)
     app.add_middleware(RequestMetrics)
+    if settings.trusted_hosts != ["*"]:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts)
     app.add_middleware(RequestId)  # outermost: every response, errors included, carries the id
     return app

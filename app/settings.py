@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     # Local copies of stored datasets/models on a worker or API host using an object store.
     cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
     api_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the API.")
+    api_key: str | None = Field(default=None, description="The CLI's key (Authorization: Bearer), when keys are required.")
+
+    # "open": no keys, loopback clients only (the embedded default); "keys": every /v1 request
+    # needs an API key (app.auth). Compose runs with keys.
+    auth: Literal["open", "keys"] = "open"
+    # /docs and /openapi.json: None = on when open, off when keys are required.
+    docs: bool | None = None
+    # /metrics: None = public when open, an admin key when keys are required.
+    metrics_public: bool | None = None
+    # Host headers the API answers to (Starlette's TrustedHostMiddleware); ["*"]: any.
+    trusted_hosts: list[str] = Field(default_factory=lambda: ["*"])
 
     # Leases: a running job whose worker stops heart-beating goes back to queued after this.
     lease_seconds: float = 60.0

@@ -18,9 +18,11 @@ log = logging.getLogger("histosynth.api")
 
 
 def submit(session: Session, settings: Settings, queue: JobQueue, kind: str, params: dict[str, Any],
-           idempotency_key: str | None = None) -> tuple[Job, bool]:
-    job, created = jobs.create_job(session, kind, params, idempotency_key=idempotency_key,
-                                   max_attempts=settings.max_attempts)
+           idempotency_key: str | None = None, created_by: str | None = None) -> tuple[Job, bool]:
+    # Idempotency keys are per API key: another client's key can neither replay nor probe ours.
+    scoped = f"{created_by}:{idempotency_key}" if idempotency_key and created_by else idempotency_key
+    job, created = jobs.create_job(session, kind, params, idempotency_key=scoped,
+                                   max_attempts=settings.max_attempts, created_by=created_by)
     if created:
         JOBS_SUBMITTED.labels(kind=kind).inc()
         try:

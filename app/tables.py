@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, text
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -32,25 +33,18 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class UTCDateTime(DateTime):
-    """Timezone-aware everywhere: SQLite drops tzinfo, so it is put back on the way out."""
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware everywhere: SQLite drops tzinfo, so it is put back on the way out. A
+    TypeDecorator, because a plain DateTime subclass is swapped for the dialect's own type
+    (SQLite's DATETIME) and its result processor never runs."""
 
+    impl = DateTime(timezone=True)
     cache_ok = True
 
-    def __init__(self) -> None:
-        super().__init__(timezone=True)
-
-    def result_processor(self, dialect, coltype):  # noqa: ANN001
-        parent = super().result_processor(dialect, coltype)
-
-        def process(value):  # noqa: ANN001
-            if parent is not None:
-                value = parent(value)
-            if value is not None and value.tzinfo is None:
-                value = value.replace(tzinfo=timezone.utc)
-            return value
-
-        return process
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -86,6 +80,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     # A child of a composite job (an experiment's train_gan, generate, evaluate, audit steps).
     parent_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("jobs.id"), index=True)
+    # The API key that created it (None: open mode, or before migration 0005). app.ownership.
+    created_by: Mapped[str | None] = mapped_column(String(32), index=True)
 
     __table_args__ = (
         Index("ix_jobs_state_created", "state", "created_at"),
@@ -131,6 +127,8 @@ class Dataset(Base):
     n_edge_patches: Mapped[int] = mapped_column(Integer, default=0)
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"by_label": {...}, "by_patient": {...}}
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(32), index=True)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))  # readable by every key
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -146,6 +144,8 @@ class ModelVersion(Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str | None] = mapped_column(String(32), index=True)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))  # readable by every key
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     # Migration 0003: one version number per (kind, label) slot, one promoted row per slot
@@ -156,3 +156,45 @@ class ModelVersion(Base):
         Index("uq_model_versions_slot_promoted", "kind", text("coalesce(label, -1)"), unique=True,
               postgresql_where=text("promoted"), sqlite_where=text("promoted")),
     )
+
+
+class ApiKey(Base):
+    """A client's key: only its sha256 is stored; the secret is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))  # "admin" | "user"
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to tell keys apart
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Who did what to which object, when, and how it ended. Never request bodies or images."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    action: Mapped[str] = mapped_column(String(100))  # e.g. "POST /v1/jobs", "keys.create"
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Upload(Base):
+    """A zip sent to POST /v1/uploads (the bytes live in storage under uploads/<id>.zip)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_by: Mapped[str | None] = mapped_column(String(32), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    n_entries: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

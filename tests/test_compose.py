@@ -25,7 +25,7 @@ def test_services_and_healthchecks():
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
-    assert services["api"]["ports"] == ["8000:8000"]
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]  # never every interface of the host
 
 
 def test_environment_matches_settings(monkeypatch):
@@ -42,6 +42,7 @@ def test_environment_matches_settings(monkeypatch):
             monkeypatch.setenv(key, value)
         settings = Settings()
         assert not settings.is_embedded and str(settings.ingest_roots[0]) == "/datasets"
+        assert settings.auth == "keys" and "127.0.0.1" in settings.trusted_hosts
     assert services["postgres"]["environment"]["POSTGRES_DB"] in services["api"]["environment"]["HISTOSYNTH_DATABASE_URL"]
 
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from app.job_kinds import IngestParams
+from app.migrate import upgrade_head
 from app.settings import Settings
 from app.storage import Storage
 from app.uploads import ZipLimits, check_upload, delete_expired_uploads
@@ -259,6 +260,7 @@ def post_uploads(settings: Settings, bodies: list[bytes], monkeypatch) -> tuple[
 
 def test_upload_route_refuses_declared_excess_early_off_the_event_loop(tmp_path, monkeypatch):
     settings = Settings(_env_file=None, home=tmp_path / "home", zip_max_entries=5, zip_max_total_bytes=100 * MiB)
+    upgrade_head(settings.resolved_database_url)  # the route records whose upload it is
     good = zip_bytes({PATCH_A: png_bytes(seed=1), PATCH_B: png_bytes(seed=2), "README.md": b"x" * 5 * MiB})
     many = zip_bytes({f"100/0/100_idx5_x{i}_y1_class0.png": png_bytes() for i in range(6)})
     (ok, too_many, bombed), threads = post_uploads(settings, [good, many, bomb()], monkeypatch)

@@ -211,6 +211,10 @@ def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: 
                     s.commit()
                     _discard_outputs(storage, job_id, outcome)
                     return "cancelled"
+                for row in [*outcome.rows, *outcome.new_models]:
+                    # What a job makes belongs to whoever submitted the job (app.ownership).
+                    if getattr(row, "job_id", None) == job_id and hasattr(row, "created_by"):
+                        row.created_by = job.created_by
                 for row in outcome.rows:
                     s.merge(row)
                 versions = {row.id: model_registry.register(s, row).version for row in outcome.new_models}

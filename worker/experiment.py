@@ -87,7 +87,9 @@ def _child(ctx: JobContext, step: str, kind: str, raw: dict[str, Any]) -> dict[s
                 params = validate_params(kind, raw, ctx.settings, s)
             except Problem as exc:
                 raise UserError(f"step {step}: {exc.title}: {exc.detail}") from exc
-            jobs.create_job(s, kind, params, parent_id=ctx.job_id, job_id=child_id)
+            parent = s.get(Job, ctx.job_id)  # a child belongs to whoever submitted the experiment
+            jobs.create_job(s, kind, params, parent_id=ctx.job_id, job_id=child_id,
+                            created_by=parent.created_by if parent is not None else None)
 
     while True:
         ctx.check_abort()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from app.job_kinds import IngestParams
+from app.job_kinds import IngestParams, ingest_path_refusal
 from app.packed import INDEX_DTYPE, PATCHES_FILE, write_index
 from app.storage import Storage, StorageError
 from app.tables import Dataset
@@ -138,6 +138,9 @@ def handle_ingest(ctx: JobContext) -> Outcome:
         else:
             assert p.path is not None  # IngestParams: exactly one of path and upload_id
             source = Path(p.path)
+            refusal = ingest_path_refusal(ctx.settings, source)
+            if refusal is not None:
+                raise UserError(refusal)
             if not source.exists():
                 raise UserError(f"path {source} does not exist")
             if source.is_file():

@@ -8,6 +8,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from app.auth import Principal, authenticate
 from app.db import get_sessionmaker
 from app.problems import Problem
 from app.queue import JobQueue
@@ -51,6 +52,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+# Who is asking (app.auth). Every /v1 router also depends on it, so no route is ever public by
+# omission; naming it in a route only hands the principal over (FastAPI runs it once).
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
 async def take_job_token(request: Request) -> None:

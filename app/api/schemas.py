@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.auth import Principal
 from app.tables import Artifact, Checkpoint, Dataset, Job, ModelVersion
 
 # A job's JSON embeds only its newest artifacts and checkpoints (a long train_gan job has up to
@@ -107,6 +108,8 @@ class DatasetPublic(BaseModel):
     n_edge_patches: int
     counts: dict[str, Any]
     source: dict[str, Any]
+    created_by: str | None = Field(None, description="the API key that created it (null: open mode)")
+    shared: bool = False
     created_at: datetime
 
 
@@ -124,6 +127,8 @@ class ModelPublic(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, Any]
     promoted: bool
+    created_by: str | None = None
+    shared: bool = False
     created_at: datetime
 
 
@@ -190,8 +195,14 @@ def job_public(session: Session, job: Job) -> JobPublic:
     )
 
 
-def dataset_public(d: Dataset) -> DatasetPublic:
-    return DatasetPublic.model_validate(d, from_attributes=True)
+def dataset_public(d: Dataset, principal: Principal | None = None) -> DatasetPublic:
+    """Someone reading another key's shared dataset sees no patient ids (counts.by_patient) and
+    no server paths (source); its creator and admins see everything."""
+    out = DatasetPublic.model_validate(d, from_attributes=True)
+    if principal is not None and not principal.is_admin and d.created_by != principal.key_id:
+        out.counts = {k: v for k, v in out.counts.items() if k != "by_patient"}
+        out.source = {}
+    return out
 
 
 def model_public(m: ModelVersion) -> ModelPublic:

@@ -9,7 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from app.api.deps import SessionDep, StorageDep, get_or_404
+from app.api.deps import PrincipalDep, SessionDep, StorageDep
+from app.ownership import get_readable
 from app.api.schemas import PAGE_MAX, ArtifactList, artifact_public, job_rows
 from app.packed import META_FILE
 from app.problems import Problem
@@ -22,20 +23,20 @@ router = APIRouter(tags=["artifacts"])
 
 @router.get("/v1/jobs/{job_id}/artifacts", response_model=ArtifactList)
 def list_job_artifacts(
-    job_id: str, session: SessionDep,
+    job_id: str, session: SessionDep, principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
     name_prefix: Annotated[str | None, Query(max_length=300, description="e.g. samples/label1/")] = None,
 ) -> ArtifactList:
     """All of a job's artifacts, oldest first (a job's JSON embeds only the newest)."""
-    get_or_404(session, Job, job_id, "job")
+    get_readable(session, Job, job_id, "job", principal)
     rows, count = job_rows(session, Artifact, job_id, limit=limit, offset=offset, name_prefix=name_prefix)
     return ArtifactList(data=[artifact_public(a) for a in rows], count=count, limit=limit, offset=offset)
 
 
 @router.get("/v1/artifacts/{artifact_id}", response_class=FileResponse)
-def get_artifact(artifact_id: str, session: SessionDep, storage: StorageDep) -> Response:
-    artifact = get_or_404(session, Artifact, artifact_id, "artifact")
+def get_artifact(artifact_id: str, session: SessionDep, storage: StorageDep, principal: PrincipalDep) -> Response:
+    artifact = get_readable(session, Artifact, artifact_id, "artifact", principal)
     filename = Path(artifact.name).name
     gone = Problem(410, "Artifact file is gone", f"Artifact {artifact_id} is recorded but its file was removed.")
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel
 from sqlalchemy import select
 
-from app.api.deps import SessionDep, get_or_404
+from app.api.deps import PrincipalDep, SessionDep
 from app.db import page
 from app.api.schemas import DatasetList, DatasetPublic, dataset_public
+from app.ownership import check_can_change, get_readable, visible
 from app.tables import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -17,19 +19,33 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 @router.get("", response_model=DatasetList)
 def list_datasets(
-    session: SessionDep,
+    session: SessionDep, principal: PrincipalDep,
     kind: Annotated[str | None, Query(pattern="^(real|synthetic)$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DatasetList:
-    query = select(Dataset)
+    query = visible(select(Dataset), Dataset, principal)
     if kind:
         query = query.where(Dataset.kind == kind)
     rows, count = page(session, query, Dataset, limit, offset)
-    return DatasetList(data=[dataset_public(d) for d in rows], count=count)
+    return DatasetList(data=[dataset_public(d, principal) for d in rows], count=count)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
-    dataset = get_or_404(session, Dataset, dataset_id, "dataset")
-    return dataset_public(dataset)
+def get_dataset(dataset_id: str, session: SessionDep, principal: PrincipalDep) -> DatasetPublic:
+    dataset = get_readable(session, Dataset, dataset_id, "dataset", principal)
+    return dataset_public(dataset, principal)
+
+
+class ShareBody(BaseModel):
+    shared: bool
+
+
+@router.post("/{dataset_id}/share", response_model=DatasetPublic)
+def share_dataset(dataset_id: str, body: ShareBody, session: SessionDep, principal: PrincipalDep) -> DatasetPublic:
+    """Share read-only with every key (`{"shared": true}`), or stop sharing. Creator or admin."""
+    dataset = get_readable(session, Dataset, dataset_id, "dataset", principal)
+    check_can_change(dataset, principal, "share this dataset")
+    dataset.shared = body.shared
+    session.commit()
+    return dataset_public(dataset, principal)

@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Response
 
-from app.api.deps import JobRate, QueueDep, SessionDep, SettingsDep
+from app.api.deps import JobRate, PrincipalDep, QueueDep, SessionDep, SettingsDep
 from app.api.schemas import JobPublic, job_public
 from app.job_kinds import validate_params
+from app.ownership import check_references
 from app.submit import submit
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
@@ -16,15 +17,17 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 @router.post("", status_code=202, response_model=JobPublic, dependencies=[JobRate])
 def create_experiment(
-    response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
+    response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep, principal: PrincipalDep,
     body: Annotated[dict[str, Any], Body(examples=[{"dataset_id": "<id>", "fraction": 0.05, "steps": 2000,
                                                     "weights": "none", "mode": "finetune", "epochs": 3,
                                                     "input_size": 64}])],
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=160)] = None,
 ) -> JobPublic:
     """Body: the experiment job's params (README, Job kinds); its steps appear as `children`."""
+    check_references(session, principal, "experiment", body)
     params = validate_params("experiment", body, settings, session)
-    job, created = submit(session, settings, queue, "experiment", params, idempotency_key)
+    check_references(session, principal, "experiment", params)
+    job, created = submit(session, settings, queue, "experiment", params, idempotency_key, principal.key_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -14,6 +14,7 @@ from app.db import get_engine
 from app.metrics import REGISTRY
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["health"])  # mounted public or behind an admin key (app.main)
 log = logging.getLogger("histosynth.health")
 
 
@@ -64,6 +65,6 @@ def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics")
+@metrics_router.get("/metrics")
 def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from app import jobs
-from app.api.deps import JobRate, QueueDep, SessionDep, SettingsDep
+from app.api.deps import JobRate, PrincipalDep, QueueDep, SessionDep, SettingsDep
 from app.api.schemas import (PAGE_MAX, CheckpointList, JobCreate, JobList, JobPublic, checkpoint_public, job_public,
                              job_rows)
 from app.job_kinds import validate_params
+from app.ownership import check_references, get_readable, visible
 from app.submit import submit
-from app.tables import JOB_STATES, Checkpoint
+from app.tables import JOB_STATES, Checkpoint, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -21,10 +22,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 @router.post("", status_code=202, response_model=JobPublic, dependencies=[JobRate])
 def create_job(
     body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    principal: PrincipalDep, idempotency_key: Annotated[str | None, Header(max_length=160)] = None,
 ) -> JobPublic:
+    check_references(session, principal, body.kind, body.params)  # before anything is resolved or echoed
     params = validate_params(body.kind, body.params, settings, session)
-    job, created = submit(session, settings, queue, body.kind, params, idempotency_key)
+    check_references(session, principal, body.kind, params)  # and what validation resolved (defaults)
+    job, created = submit(session, settings, queue, body.kind, params, idempotency_key, principal.key_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -33,34 +36,36 @@ def create_job(
 
 @router.get("", response_model=JobList)
 def list_jobs(
-    session: SessionDep,
+    session: SessionDep, principal: PrincipalDep,
     kind: str | None = None,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(JOB_STATES) + ")$")] = None,
     parent_id: Annotated[str | None, Query(max_length=32, description="children of this job")] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobList:
-    rows, count = jobs.list_jobs(session, kind=kind, state=state, limit=limit, offset=offset, parent_id=parent_id)
+    rows, count = jobs.list_jobs(session, kind=kind, state=state, limit=limit, offset=offset, parent_id=parent_id,
+                                 narrow=lambda q: visible(q, Job, principal))
     return JobList(data=[job_public(session, j) for j in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep) -> JobPublic:
-    return job_public(session, jobs.get_job(session, job_id))
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPublic:
+    return job_public(session, get_readable(session, Job, job_id, "job", principal))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
 def list_job_checkpoints(
-    job_id: str, session: SessionDep,
+    job_id: str, session: SessionDep, principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> CheckpointList:
     """All of a job's checkpoints, by step (a job's JSON embeds only the newest)."""
-    jobs.get_job(session, job_id)
+    get_readable(session, Job, job_id, "job", principal)
     rows, count = job_rows(session, Checkpoint, job_id, limit=limit, offset=offset)
     return CheckpointList(data=[checkpoint_public(c) for c in rows], count=count, limit=limit, offset=offset)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
-def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPublic:
+    get_readable(session, Job, job_id, "job", principal)  # jobs are never shared: readable = its creator's
     return job_public(session, jobs.request_cancel(session, job_id))

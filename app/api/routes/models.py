@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import model_registry
-from app.api.deps import SessionDep, get_or_404
+from app.api.deps import PrincipalDep, SessionDep
+from app.auth import require_admin
+from app.ownership import check_can_change, get_readable, visible
 from app.db import page
 from app.api.schemas import ModelList, ModelPublic, model_public
 from app.problems import Problem
@@ -20,13 +23,13 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @router.get("", response_model=ModelList)
 def list_models(
-    session: SessionDep,
+    session: SessionDep, principal: PrincipalDep,
     kind: Annotated[str | None, Query(pattern="^(generator|classifier)$")] = None,
     label: Annotated[int | None, Query(ge=0, le=1)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ModelList:
-    query = select(ModelVersion)
+    query = visible(select(ModelVersion), ModelVersion, principal)
     if kind:
         query = query.where(ModelVersion.kind == kind)
     if label is not None:
@@ -36,15 +39,17 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
-def get_model(model_id: str, session: SessionDep) -> ModelPublic:
-    model = get_or_404(session, ModelVersion, model_id, "model")
+def get_model(model_id: str, session: SessionDep, principal: PrincipalDep) -> ModelPublic:
+    model = get_readable(session, ModelVersion, model_id, "model", principal)
     return model_public(model)
 
 
 @router.post("/{model_id}/promote", response_model=ModelPublic)
-def promote_model(model_id: str, session: SessionDep, request: Request) -> ModelPublic:
-    """Make this version the one used by default (generators: per label; classifiers: for /predictions)."""
-    model = get_or_404(session, ModelVersion, model_id, "model")
+def promote_model(model_id: str, session: SessionDep, request: Request, principal: PrincipalDep) -> ModelPublic:
+    """Make this version the one used by default (generators: per label; classifiers: for
+    /predictions). Admin keys only: a promoted model answers everyone's requests."""
+    model = get_readable(session, ModelVersion, model_id, "model", principal)
+    require_admin(principal, "promote a model")
     try:
         model_registry.promote(session, model)
         session.commit()
@@ -56,4 +61,18 @@ def promote_model(model_id: str, session: SessionDep, request: Request) -> Model
     predictor = getattr(request.app.state, "predictor", None)
     if predictor is not None and model.kind == "classifier":
         predictor.invalidate()
+    return model_public(model)
+
+
+class ShareBody(BaseModel):
+    shared: bool
+
+
+@router.post("/{model_id}/share", response_model=ModelPublic)
+def share_model(model_id: str, body: ShareBody, session: SessionDep, principal: PrincipalDep) -> ModelPublic:
+    """Share read-only with every key (`{"shared": true}`), or stop sharing. Creator or admin."""
+    model = get_readable(session, ModelVersion, model_id, "model", principal)
+    check_can_change(model, principal, "share this model")
+    model.shared = body.shared
+    session.commit()
     return model_public(model)

@@ -1,0 +1,239 @@
+"""API keys, ownership, sharing, admin-only actions, open mode and the audit log (issue 10,
+parts 1 and 6), in process over ASGI on SQLite; the CLI's key commands and serve's refusal as
+real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app import auth
+from app.db import session_scope
+from app.main import create_app
+from app.migrate import upgrade_head
+from app.settings import Settings
+from app.tables import Artifact, Dataset, ModelVersion
+from tests.helpers import png_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for label in (0, 1):
+            zf.writestr(f"100/{label}/100_idx5_x50_y{label}_class{label}.png", png_bytes(seed=label))
+    return buf.getvalue()
+
+
+class World:
+    def __init__(self, tmp_path: Path) -> None:
+        self.settings = Settings(home=tmp_path, auth="keys")
+        upgrade_head(self.settings.resolved_database_url)
+        with session_scope(self.settings.resolved_database_url) as s:
+            self.admin = auth.create_key(s, "operator", "admin")[1]
+            self.alice = auth.create_key(s, "alice", "user")[1]
+            self.bob = auth.create_key(s, "bob", "user")[1]
+            self.revoked_key, self.revoked = auth.create_key(s, "gone", "user")
+            auth.revoke_key(s, self.revoked_key.id)
+            self.ids = {k.name: k.id for k in auth.list_keys(s)}
+
+    def run(self, scenario, client_host: str = "127.0.0.1"):  # noqa: ANN001, ANN201
+        async def main():  # noqa: ANN202
+            transport = httpx.ASGITransport(app=create_app(self.settings), client=(client_host, 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await scenario(client)
+        return asyncio.run(main())
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def world(tmp_path) -> World:
+    return World(tmp_path)
+
+
+def test_keys_are_required_and_checked(world):
+    async def scenario(c):  # noqa: ANN001, ANN202
+        return {
+            "none": await c.get("/v1/jobs"), "bad": await c.get("/v1/jobs", headers=bearer("hs_nope")),
+            "basic": await c.get("/v1/jobs", headers={"Authorization": "Basic abc"}),
+            "revoked": await c.get("/v1/jobs", headers=bearer(world.revoked)),
+            "ok": await c.get("/v1/jobs", headers=bearer(world.alice)), "health": await c.get("/healthz"),
+            "metrics_user": await c.get("/metrics", headers=bearer(world.alice)),
+            "metrics_none": await c.get("/metrics"), "metrics_admin": await c.get("/metrics", headers=bearer(world.admin)),
+            "docs": await c.get("/openapi.json"),
+        }
+    r = world.run(scenario)
+    for name in ("none", "bad", "basic", "revoked", "metrics_none"):
+        assert r[name].status_code == 401, name
+        assert r[name].headers["www-authenticate"] == "Bearer"
+        assert r[name].headers["content-type"].startswith("application/problem+json")
+    assert "revoked" in r["revoked"].json()["detail"]
+    assert r["ok"].status_code == 200 and r["health"].status_code == 200
+    assert r["metrics_user"].status_code == 403 and r["metrics_admin"].status_code == 200
+    assert r["docs"].status_code == 404  # off by default when keys are required
+    with session_scope(world.settings.resolved_database_url) as s:
+        keys = {k.name: k for k in auth.list_keys(s)}
+    assert keys["alice"].last_used_at is not None and keys["bob"].last_used_at is None
+    assert world.alice not in str([(k.secret_sha256, k.prefix) for k in keys.values()])  # only a hash is stored
+
+
+def test_another_users_objects_are_404_and_shared_ones_read_only(world):
+    url = world.settings.resolved_database_url
+    alice_id = world.ids["alice"]
+    with session_scope(url) as s:
+        s.add(Dataset(id="d" * 32, name="alice's", kind="real", key="datasets/x", n_patches=2, patch_size=50,
+                      n_patients=1, counts={"by_label": {"0": 1, "1": 1}, "by_patient": {"100": 2}},
+                      source={"path": "/srv/lab/secret"}, created_by=alice_id))
+        s.add(ModelVersion(id="m" * 32, kind="classifier", label=None, version=1, key="models/m.pt", config={},
+                           metrics={}, created_by=alice_id))
+
+    async def scenario(c):  # noqa: ANN001, ANN202
+        a, b, admin = bearer(world.alice), bearer(world.bob), bearer(world.admin)
+        up = await c.post("/v1/uploads", content=_zip(), headers={**a, "Content-Type": "application/zip"})
+        upload_id = up.json()["upload_id"]
+        job = await c.post("/v1/jobs", json={"kind": "ingest", "params": {"upload_id": upload_id}}, headers=a)
+        job_id = job.json()["id"]
+        with session_scope(url) as s:
+            s.add(Artifact(id="a" * 32, job_id=job_id, name="x.json", media_type="application/json", key="artifacts/x"))
+        out = {
+            "job": job,
+            "bob_uses_upload": await c.post("/v1/jobs", json={"kind": "ingest", "params": {"upload_id": upload_id}},
+                                            headers=b),
+            "bob_get_job": await c.get(f"/v1/jobs/{job_id}", headers=b),
+            "bob_cancel_job": await c.post(f"/v1/jobs/{job_id}/cancel", headers=b),
+            "bob_jobs": await c.get("/v1/jobs", headers=b), "alice_jobs": await c.get("/v1/jobs", headers=a),
+            "admin_jobs": await c.get("/v1/jobs", headers=admin),
+            "bob_artifact": await c.get(f"/v1/artifacts/{'a' * 32}", headers=b),
+            "bob_dataset_before": await c.get(f"/v1/datasets/{'d' * 32}", headers=b),
+            "bob_share": await c.post(f"/v1/datasets/{'d' * 32}/share", json={"shared": True}, headers=b),
+            "alice_share": await c.post(f"/v1/datasets/{'d' * 32}/share", json={"shared": True}, headers=a),
+            "bob_dataset_after": await c.get(f"/v1/datasets/{'d' * 32}", headers=b),
+            "bob_unshare": await c.post(f"/v1/datasets/{'d' * 32}/share", json={"shared": False}, headers=b),
+            "bob_train_on_it": await c.post("/v1/jobs", headers=b, json={
+                "kind": "train_classifier", "params": {"dataset_id": "d" * 32, "weights": "none"}}),
+            "bob_model": await c.get(f"/v1/models/{'m' * 32}", headers=b),
+            "bob_promote": await c.post(f"/v1/models/{'m' * 32}/promote", headers=b),
+            "alice_promote": await c.post(f"/v1/models/{'m' * 32}/promote", headers=a),
+            "admin_promote": await c.post(f"/v1/models/{'m' * 32}/promote", headers=admin),
+            "bob_model_promoted": await c.get(f"/v1/models/{'m' * 32}", headers=b),
+            "bob_path_ingest": await c.post("/v1/jobs", json={"kind": "ingest", "params": {"path": "/etc"}}, headers=b),
+            "bob_weights_file": await c.post("/v1/jobs", headers=b, json={
+                "kind": "train_classifier", "params": {"dataset_id": "d" * 32, "weights": "/etc/passwd"}}),
+            "bob_audit": await c.get("/v1/audit", headers=b),
+            "audit": await c.get("/v1/audit", headers=admin, params={"limit": 500}),
+        }
+        return out, job_id, upload_id
+    r, job_id, upload_id = world.run(scenario)
+    assert r["job"].status_code == 202
+    for name in ("bob_uses_upload", "bob_get_job", "bob_cancel_job", "bob_artifact", "bob_dataset_before"):
+        assert r[name].status_code == 404, (name, r[name].text)
+    assert "upload_id" in r["bob_uses_upload"].json()["detail"]
+    assert r["bob_jobs"].json()["count"] == 0 and r["alice_jobs"].json()["count"] == 1
+    assert r["admin_jobs"].json()["count"] == 1
+    assert r["bob_share"].status_code == 404  # not even readable yet
+    assert r["alice_share"].status_code == 200 and r["alice_share"].json()["shared"] is True
+    shared = r["bob_dataset_after"].json()
+    assert r["bob_dataset_after"].status_code == 200
+    assert "by_patient" not in shared["counts"] and shared["source"] == {}  # no patient ids, no server paths
+    assert r["alice_share"].json()["counts"]["by_patient"] == {"100": 2}  # the creator sees everything
+    assert r["bob_unshare"].status_code == 403  # shared is read-only
+    assert r["bob_train_on_it"].status_code != 404  # a shared dataset may be used
+    assert r["bob_model"].status_code == 404
+    assert r["bob_promote"].status_code == 404 and r["alice_promote"].status_code == 403
+    assert r["admin_promote"].status_code == 200 and r["bob_model_promoted"].status_code == 200
+    assert r["bob_path_ingest"].status_code == 403 and r["bob_weights_file"].status_code == 403
+    assert r["bob_audit"].status_code == 403
+    events = r["audit"].json()["data"]
+    by_action = {}
+    for e in events:
+        by_action.setdefault((e["action"], e["key_id"]), []).append(e)
+    created = by_action[("POST /v1/jobs", world.ids["alice"])]
+    assert any(e["status"] == 202 and e["object_type"] == "job" and e["object_id"] == job_id for e in created)
+    uploads = by_action[("POST /v1/uploads", world.ids["alice"])]
+    assert uploads[0]["object_id"] == upload_id and uploads[0]["status"] == 201
+    refused = by_action[("POST /v1/models/{model_id}/promote", world.ids["alice"])]
+    assert refused[0]["status"] == 403 and refused[0]["object_id"] == "m" * 32
+    assert ("GET /v1/audit", world.ids["bob"]) in by_action  # refused reads are recorded too
+    assert all("zip" not in str(e["detail"]) for e in events)  # no bodies
+
+
+def test_open_mode_answers_only_loopback_clients(tmp_path):
+    settings = Settings(home=tmp_path)
+    upgrade_head(settings.resolved_database_url)
+
+    async def scenario(c):  # noqa: ANN001, ANN202
+        return await c.get("/v1/jobs")
+
+    def run(host: str) -> httpx.Response:
+        async def main():  # noqa: ANN202
+            transport = httpx.ASGITransport(app=create_app(settings), client=(host, 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await scenario(client)
+        return asyncio.run(main())
+    assert run("127.0.0.1").status_code == 200 and run("::1").status_code == 200
+    remote = run("10.1.2.3")
+    assert remote.status_code == 401 and "local clients" in remote.json()["detail"]
+
+
+def _cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "HISTOSYNTH_HOME": str(home), **env}
+    full.pop("HISTOSYNTH_DATABASE_URL", None)
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=full, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_manages_keys_and_serve_refuses_an_open_public_bind(tmp_path):
+    made = _cli(tmp_path, "keys", "create", "--name", "pipeline", "--role", "user")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip().splitlines()[-1]
+    key_id = made.stdout.split()[1]
+    assert secret.startswith("hs_") and len(secret) > 40
+    listed = _cli(tmp_path, "keys", "list")
+    assert key_id in listed.stdout and "active" in listed.stdout and secret not in listed.stdout
+    bad = _cli(tmp_path, "keys", "create", "--name", "x", "--role", "root")
+    assert bad.returncode == 2 and "role must be one of" in bad.stderr
+    assert _cli(tmp_path, "keys", "revoke", key_id).returncode == 0
+    assert "revoked" in _cli(tmp_path, "keys", "list").stdout
+    refused = _cli(tmp_path, "serve", "--host", "0.0.0.0", "--no-worker")
+    assert refused.returncode == 2 and "without API keys" in refused.stderr and "Traceback" not in refused.stderr
+    settings = Settings(home=tmp_path)
+    with session_scope(settings.resolved_database_url) as s:
+        from app.tables import AuditEvent
+        actions = [e.action for e in s.query(AuditEvent).order_by(AuditEvent.id)]
+    assert actions == ["keys.create", "keys.revoke"]
+
+
+def test_ingest_roots_deny_by_default_with_keys_and_the_worker_checks_again(world, tmp_path):
+    async def scenario(c):  # noqa: ANN001, ANN202
+        return await c.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(tmp_path)}},
+                            headers=bearer(world.admin))
+    refused = world.run(scenario)
+    assert refused.status_code == 422 and "server-side ingest is off" in refused.json()["detail"]
+
+    # A job queued while the roots allowed it, run after they changed: the worker refuses it.
+    from app import jobs
+    from app.tables import Job
+    from worker.handlers import HANDLERS
+
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    other.mkdir()
+    settings = Settings(home=tmp_path / "w", ingest_roots=[allowed])
+    upgrade_head(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        job_id = jobs.create_job(s, "ingest", {"path": str(other)})[0].id
+    from worker.context import run_job
+    assert run_job(settings, job_id, HANDLERS) == "failed"
+    with session_scope(settings.resolved_database_url) as s:
+        assert "not under HISTOSYNTH_INGEST_ROOTS" in s.get(Job, job_id).error
