@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Per client (its API key; its address before keys exist): token buckets, 429 beyond them.
     rate_prediction_images_per_minute: float = Field(default=6000.0, gt=0)
     rate_jobs_per_minute: float = Field(default=60.0, gt=0)
+    # Per key, when keys are required (app.quotas): jobs queued or running, bytes stored.
+    max_active_jobs_per_key: int = Field(default=20, ge=1)
+    max_stored_bytes_per_key: int = Field(default=200 * 1024**3, ge=0)
     # Serving the promoted classifier: "fp32" (default, the numbers evaluation reports) or
     # "bf16" (autocast; much faster on AMX CPUs and GPUs, probabilities move by < 5e-3).
     predict_precision: Literal["fp32", "bf16"] = "fp32"

@@ -237,3 +237,24 @@ def test_ingest_roots_deny_by_default_with_keys_and_the_worker_checks_again(worl
     assert run_job(settings, job_id, HANDLERS) == "failed"
     with session_scope(settings.resolved_database_url) as s:
         assert "not under HISTOSYNTH_INGEST_ROOTS" in s.get(Job, job_id).error
+
+
+def test_per_key_quotas_on_active_jobs_and_stored_bytes(tmp_path):
+    w = World(tmp_path)
+    w.settings = Settings(home=tmp_path, auth="keys", max_active_jobs_per_key=2, max_stored_bytes_per_key=30_000)
+    body = _zip()
+
+    async def scenario(c):  # noqa: ANN001, ANN202
+        a, b = bearer(w.alice), bearer(w.bob)
+        up = (await c.post("/v1/uploads", content=body, headers={**a, "Content-Type": "application/zip"})).json()
+        jobs = [await c.post("/v1/jobs", json={"kind": "ingest", "params": {"upload_id": up["upload_id"], "name": str(i)}},
+                             headers=a) for i in range(3)]
+        bob_up = await c.post("/v1/uploads", content=body, headers={**b, "Content-Type": "application/zip"})
+        big = await c.post("/v1/uploads", content=body * 5, headers={**a, "Content-Type": "application/zip"})
+        return jobs, bob_up, big, up
+    jobs, bob_up, big, up = w.run(scenario)
+    assert [j.status_code for j in jobs] == [202, 202, 429]  # two queued (no worker runs here)
+    assert jobs[2].headers["retry-after"] == "30" and "HISTOSYNTH_MAX_ACTIVE_JOBS_PER_KEY" in jobs[2].json()["detail"]
+    assert bob_up.status_code == 201  # quotas are per key
+    assert up["size_bytes"] + len(body) * 5 > 30_000
+    assert big.status_code == 413 and "HISTOSYNTH_MAX_STORED_BYTES_PER_KEY" in big.json()["detail"]

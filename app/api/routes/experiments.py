@@ -10,6 +10,7 @@ from app.api.deps import JobRate, PrincipalDep, QueueDep, SessionDep, SettingsDe
 from app.api.schemas import JobPublic, job_public
 from app.job_kinds import validate_params
 from app.ownership import check_references
+from app.quotas import check_job_quota
 from app.submit import submit
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
@@ -27,6 +28,7 @@ def create_experiment(
     check_references(session, principal, "experiment", body)
     params = validate_params("experiment", body, settings, session)
     check_references(session, principal, "experiment", params)
+    check_job_quota(session, settings, principal)
     job, created = submit(session, settings, queue, "experiment", params, idempotency_key, principal.key_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:

@@ -13,6 +13,7 @@ from app.api.schemas import (PAGE_MAX, CheckpointList, JobCreate, JobList, JobPu
                              job_rows)
 from app.job_kinds import validate_params
 from app.ownership import check_references, get_readable, visible
+from app.quotas import check_job_quota
 from app.submit import submit
 from app.tables import JOB_STATES, Checkpoint, Job
 
@@ -27,6 +28,7 @@ def create_job(
     check_references(session, principal, body.kind, body.params)  # before anything is resolved or echoed
     params = validate_params(body.kind, body.params, settings, session)
     check_references(session, principal, body.kind, params)  # and what validation resolved (defaults)
+    check_job_quota(session, settings, principal)
     job, created = submit(session, settings, queue, body.kind, params, idempotency_key, principal.key_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:

@@ -7,7 +7,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PrincipalDep, SettingsDep, StorageDep
+from app.auth import Principal
 from app.db import session_scope
+from app.quotas import check_storage_quota
 from app.problems import Problem
 from app.storage import Storage
 from app.tables import Upload, new_id
@@ -29,6 +31,7 @@ async def upload_zip(request: Request, settings: SettingsDep, storage: StorageDe
     """Send the zip as the raw request body (Content-Type: application/zip). Refused (422) when
     an entry would land outside its folder, is a symbolic link, or the zip declares more entries
     or bytes than the HISTOSYNTH_ZIP_* caps; uploads are deleted after HISTOSYNTH_UPLOAD_TTL_SECONDS."""
+    await run_in_threadpool(_check_quota, request, principal)
     upload_id = new_id()
     size = 0
     with storage.scratch("uploads", upload_id) as work:  # removed whatever happens
@@ -51,6 +54,12 @@ async def upload_zip(request: Request, settings: SettingsDep, storage: StorageDe
     await run_in_threadpool(_record, request, upload_id, principal.key_id, size, n_entries)
     request.state.audit_object = ("upload", upload_id)  # app.audit_log records it
     return UploadPublic(upload_id=upload_id, size_bytes=size, n_entries=n_entries)
+
+
+def _check_quota(request: Request, principal: Principal) -> None:
+    declared = request.headers.get("content-length", "")
+    with session_scope(request.app.state.settings.resolved_database_url) as s:
+        check_storage_quota(s, request.app.state.settings, principal, int(declared) if declared.isdigit() else 0)
 
 
 def _record(request: Request, upload_id: str, created_by: str | None, size: int, n_entries: int) -> None:
