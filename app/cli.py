@@ -45,6 +45,16 @@ def migrate() -> None:
     settings = get_settings()
     upgrade_head(settings.resolved_database_url)
     typer.echo(f"database at head: {_safe_url(settings.resolved_database_url)}")
+    _install_starters(settings)
+
+
+def _install_starters(settings) -> None:  # noqa: ANN001
+    if not settings.starter_models:
+        return
+    from app.starter_models import install_starters
+
+    for model_id in install_starters(settings):
+        typer.echo(f"starter model {model_id} installed and promoted (replace it by promoting your own)")
 
 
 @cli.command()
@@ -78,6 +88,7 @@ def serve(
              "or serve on 127.0.0.1.", 2)
     settings.resolved_home.mkdir(parents=True, exist_ok=True)
     upgrade_head(settings.resolved_database_url)
+    _install_starters(settings)
     if settings.auth == "open":
         typer.echo("open mode: no API keys; only clients on this machine are answered (HISTOSYNTH_AUTH=keys to "
                    "require keys)", err=True)

@@ -43,6 +43,7 @@ class LoadedModel:
     id: str
     version: int
     runner: Any  # models.inference.InferenceModel
+    starter: bool = False
 
 
 class Predictor:
@@ -81,6 +82,7 @@ class Predictor:
                                   "Train one with a train_classifier job (POST /v1/jobs), then promote it with "
                                   "POST /v1/models/{id}/promote.")
                 row_id, version, key = row.id, row.version, row.key
+                starter = bool((row.metrics or {}).get("starter"))
             if self._loaded is None or self._loaded.id != row_id:
                 from models.classifier import load_classifier
                 from models.inference import InferenceModel
@@ -94,7 +96,7 @@ class Predictor:
                     raise Problem(503, "Classifier could not be loaded",
                                   f"The promoted classifier (model {row_id}) could not be loaded; the reason is in "
                                   "the API log under this request_id.", headers={"Retry-After": "30"}) from exc
-                self._loaded = LoadedModel(row_id, version, runner)
+                self._loaded = LoadedModel(row_id, version, runner, starter)
             self._checked_at = now
             return self._loaded
 

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # Local copies of stored datasets/models on a worker or API host using an object store.
     cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
     api_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the API.")
+    # Install the shipped starter models into empty slots at `serve`/`migrate` (app.starter_models).
+    starter_models: bool = True
     api_key: str | None = Field(default=None, description="The CLI's key (Authorization: Bearer), when keys are required.")
 
     # "open": no keys, loopback clients only (the embedded default); "keys": every /v1 request

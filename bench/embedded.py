@@ -27,7 +27,9 @@ def embedded_service(prefix: str, env: dict[str, str] | None = None) -> Iterator
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")} | {"HISTOSYNTH_HOME": str(home), **(env or {})}
+    # Benchmarks measure a fresh registry: no shipped starter models (app/starter_models.py).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_")} | {
+        "HISTOSYNTH_HOME": str(home), "HISTOSYNTH_STARTER_MODELS": "false", **(env or {})}
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
                               stdout=open(home / "serve.log", "wb"), stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)

@@ -75,7 +75,8 @@ def main() -> None:
                 if art["name"].startswith("samples/label") and art["name"].endswith(f"{args.steps:07d}.png"):
                     label = art["name"].split("/")[1]
                     (args.out / f"{args.name}_{label}.png").write_bytes(c.get(art["url"]).content)
-    result = {"bench": "experiment_cpu", "params": params, "wall_s": round(time.monotonic() - started, 1),
+    result = {"bench": "experiment_cpu", "home": str(home), "job_id": job_id, "params": params,
+              "wall_s": round(time.monotonic() - started, 1),
               "step_wall_s": walls, "parts": job["result"]["parts"], "table": job["result"]["table"],
               "augmentation": job["result"]["augmentation"], "audit": job["result"]["audit"]}
     print(json.dumps(result))

@@ -156,7 +156,7 @@ def main() -> None:
     slice_root = home / "slice"
     for patient in ("10255", "10273", "10275"):
         shutil.copytree(DATA / patient, slice_root / patient)
-    env |= {"HISTOSYNTH_AUTH": "keys", "HISTOSYNTH_INGEST_ROOTS": json.dumps([str(home)]),
+    env |= {"HISTOSYNTH_AUTH": "keys", "HISTOSYNTH_STARTER_MODELS": "false", "HISTOSYNTH_INGEST_ROOTS": json.dumps([str(home)]),
             # Normal clients are one key: let the rate limit measure nothing here.
             "HISTOSYNTH_RATE_PREDICTION_IMAGES_PER_MINUTE": "1000000000"}
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,

@@ -127,6 +127,7 @@ class ModelPublic(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, Any]
     promoted: bool
+    starter: bool = Field(False, description="shipped with the service (app/starters), not trained here")
     created_by: str | None = None
     shared: bool = False
     created_at: datetime
@@ -206,4 +207,6 @@ def dataset_public(d: Dataset, principal: Principal | None = None) -> DatasetPub
 
 
 def model_public(m: ModelVersion) -> ModelPublic:
-    return ModelPublic.model_validate(m, from_attributes=True)
+    out = ModelPublic.model_validate(m, from_attributes=True)
+    out.starter = bool((m.metrics or {}).get("starter"))
+    return out

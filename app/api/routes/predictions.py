@@ -23,6 +23,7 @@ class ModelRef(BaseModel):
     id: str
     version: int
     precision: str  # "fp32" or "bf16" (HISTOSYNTH_PREDICT_PRECISION)
+    starter: bool = False  # the shipped starter classifier (app/starter_models.py), not one trained here
 
 
 class Prediction(BaseModel):
@@ -94,7 +95,8 @@ async def predict(request: Request, settings: SettingsDep) -> PredictionResponse
         loaded, probs = await state.predictor.predict(list(images))
     PREDICTIONS.inc(len(images))
     return PredictionResponse(
-        model=ModelRef(id=loaded.id, version=loaded.version, precision=loaded.runner.precision),
+        model=ModelRef(id=loaded.id, version=loaded.version, precision=loaded.runner.precision,
+                       starter=loaded.starter),
         predictions=[Prediction(filename=n, label="IDC+" if p >= 0.5 else "IDC-", probability_idc=round(float(p), 6))
                      for n, p in zip(names, probs)],
     )
