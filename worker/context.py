@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app import jobs, model_registry
 from app.db import session_scope
@@ -103,8 +103,14 @@ class JobContext:
         if not force and now - self._last_progress < 0.5 and current < total:
             return
         self._last_progress = now
-        with self._lock, session_scope(self.db_url) as s:
-            owner, cancel = jobs.set_progress(s, self.job_id, self.owner, current, total, message, metrics)
+        try:
+            with self._lock, session_scope(self.db_url) as s:
+                owner, cancel = jobs.set_progress(s, self.job_id, self.owner, current, total, message, metrics)
+        except OperationalError:
+            # Best effort, like the heartbeat: while the database is away (a restart, a
+            # failover) the job goes on; a lease that ran out meanwhile shows at the next write.
+            log.warning("job %s: progress not recorded, the database is unreachable", self.job_id)
+            return
         self.lease_lost |= not owner
         self.cancel_requested |= cancel
 
@@ -176,6 +182,8 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Handler]) -> st
         with session_scope(url) as s:
             jobs.finish(s, job_id, owner, "failed", error=str(exc))
         return "failed"
+    except OperationalError:
+        return _database_away(job_id)
     except Exception:  # the trace goes to the worker log; the job gets an opaque reference to it
         ref = uuid.uuid4().hex[:12]
         log.error("job %s crashed (reference %s):\n%s", job_id, ref, traceback.format_exc())
@@ -186,11 +194,22 @@ def run_job(settings: Settings, job_id: str, handlers: dict[str, Handler]) -> st
         stop.set()
     try:
         return _record_success(url, job_id, owner, outcome, storage=ctx.storage)
+    except OperationalError:
+        return _database_away(job_id)
     except Exception as exc:  # a result that cannot be stored fails the job, once, with a reason
         log.error("job %s: recording its success failed:\n%s", job_id, traceback.format_exc())
         with session_scope(url) as s:
             jobs.finish(s, job_id, owner, "failed", error=f"internal error: could not record the result ({type(exc).__name__})")
         return "failed"
+
+
+def _database_away(job_id: str) -> str:
+    """The database went away under the job (a restart, a failover): not the job's fault, and
+    nothing can be recorded now. The job is left as it is; its lease runs out (the heartbeat
+    stopped) and the reaper hands it to a worker again, which resumes from its checkpoints.
+    A database that stays away uses up max_attempts like a lost worker."""
+    log.warning("job %s: the database is unreachable; left to the reaper to run again", job_id, exc_info=True)
+    return "database-unreachable"
 
 
 def _record_success(url: str, job_id: str, owner: str, outcome: Outcome, tries: int = 5,
