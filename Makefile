@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install serve test test-unit bench clean
+.PHONY: install browser serve test test-unit bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Debian's chromium for the dashboard's browser tests (tests/test_web_browser.py drives it with
+# Playwright; Playwright's own browser download is not used). Installed when missing (as root).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { echo "== installing Debian's chromium (apt-get) for tests/test_web_browser.py"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null; } \
+	  || { echo "chromium is missing at $(CHROMIUM) and could not be installed: run 'apt-get install -y chromium' as root" >&2; exit 1; }
+	@test -x $(CHROMIUM) || { echo "chromium is still missing at $(CHROMIUM) after apt-get" >&2; exit 1; }
+
 serve: install
 	$(BIN)/histosynth serve --port $(PORT)
 
@@ -21,7 +30,7 @@ serve: install
 # object store (SeaweedFS, started by the tests; the two-machine test runs on S3 already). The
 # fault tests (worker, Redis, Postgres killed or restarted) run in the first pass only, for time
 # (~3 min): they pass on S3 too, and the two-machine test already resumes a killed job on S3.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -ra
 	HISTOSYNTH_TEST_STORAGE=s3 $(BIN)/python -m pytest -q -ra -m integration --ignore=tests/test_two_machines.py \
 		--ignore=tests/test_faults.py

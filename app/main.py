@@ -13,7 +13,8 @@ from app import problems
 from app.admission import InflightGate, RateLimiter
 from app.audit_log import AuditTrail
 from app.auth import authenticate, require_admin_key
-from app.api.routes import artifacts, audit, datasets, experiments, generations, health, jobs, models, predictions, uploads
+from app.api.routes import (artifacts, audit, datasets, experiments, generations, health, jobs, models, predictions,
+                            previews, uploads, web)
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY, JobStateCollector
 from app.queue import JobQueue
 from app.request_id import RequestId
@@ -71,11 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decode_limiter = anyio.CapacityLimiter(settings.predict_decode_threads)
     problems.install(app)
     # Every /v1 route needs a principal (app.auth): none can be left public by forgetting it.
-    for module in (jobs, generations, experiments, predictions, datasets, models, artifacts, uploads, audit):
+    for module in (jobs, generations, experiments, predictions, datasets, previews, models, artifacts, uploads, audit):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
     metrics_public = settings.metrics_public if settings.metrics_public is not None else open_mode
     app.include_router(health.metrics_router, dependencies=[] if metrics_public else [Depends(require_admin_key)])
+    web.install(app)  # the dashboard at / and /static/: public files; its data calls carry the key
 
     collector = JobStateCollector(settings.resolved_database_url)
     try:
