@@ -61,7 +61,7 @@ export async function render(root, ctx) {
   const loadModels = async () => {
     const list = await api(`/v1/models?kind=generator&label=${label.value}&limit=100`, { signal: ctx.signal });
     model.replaceChildren(h("option", { value: "" }, "the label's promoted generator"),
-      ...list.data.map((m) => h("option", { value: m.id }, `v${m.version}${m.promoted ? " ★ promoted" : ""} · ${shortId(m.id)} · ${fmtTime(m.created_at)}`)));
+      ...list.data.map((m) => h("option", { value: m.id }, `v${m.version}${m.promoted ? " ★ promoted" : ""}${m.starter ? " · starter" : ""} · ${shortId(m.id)} · ${fmtTime(m.created_at)}`)));
   };
   label.addEventListener("change", () => loadModels().catch((err) => showError(slot, err)));
   await loadModels().catch((err) => showError(slot, err));

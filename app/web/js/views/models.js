@@ -77,7 +77,7 @@ export async function render(root, ctx) {
           actions.append(btn);
         }
         return h("tr", { dataset: { modelId: m.id, kind: m.kind, promoted: String(m.promoted) } },
-          h("td", { "data-label": "kind" }, m.kind),
+          h("td", { "data-label": "kind" }, m.kind, m.starter ? h("span", { class: "note" }, " (starter: shipped, not trained here)") : null),
           h("td", { "data-label": "label" }, m.label === null ? "—" : `${LABELS[m.label]} (${m.label})`),
           h("td", { class: "num", "data-label": "version" }, `v${m.version}`),
           h("td", { "data-label": "promoted" }, m.promoted ? "★ promoted" : "no"),

@@ -40,7 +40,8 @@ export async function render(root) {
         status.textContent = `${done} of ${images.length} classified.`;
         return;
       }
-      model.textContent = `Classifier ${answer.model.id.slice(0, 8)}, version ${answer.model.version}, ${answer.model.precision}.`;
+      model.textContent = `Classifier ${answer.model.id.slice(0, 8)}, version ${answer.model.version}, ${answer.model.precision}`
+        + `${answer.model.starter ? ", the shipped starter model (promote your own to replace it)" : ""}.`;
       answer.predictions.forEach((p, k) => {
         const file = chunk[k];
         const url = URL.createObjectURL(file);
