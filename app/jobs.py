@@ -202,9 +202,13 @@ def lock_for_finish(session: Session, job_id: str, owner: str) -> Job | None:
 def release(session: Session, job_id: str, owner: str) -> bool:
     """A worker that is shutting down hands its running job back: queued again, lease cleared,
     the attempt not counted (a graceful stop is not a failure). Its checkpoints let the next
-    worker resume."""
-    res = session.execute(_owned(job_id, owner).values(
+    worker resume. A cancel requested since the worker's last check is honoured instead: the job
+    ends cancelled, never queued again (as in `reap`; found by tests/test_job_state_machine.py)."""
+    res = session.execute(_owned(job_id, owner).where(Job.cancel_requested.is_(False)).values(
         state="queued", lease_owner=None, lease_expires_at=None, attempts=Job.attempts - 1, enqueued_at=None))
+    if res.rowcount == 0:
+        res = session.execute(_owned(job_id, owner).where(Job.cancel_requested.is_(True)).values(
+            state="cancelled", finished_at=utcnow(), lease_owner=None, lease_expires_at=None))
     session.commit()
     return res.rowcount == 1
 

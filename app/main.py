@@ -73,10 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     # Every /v1 route needs a principal (app.auth): none can be left public by forgetting it.
     for module in (jobs, generations, experiments, predictions, datasets, previews, models, artifacts, uploads, audit):
-        app.include_router(module.router, dependencies=[Depends(authenticate)])
+        app.include_router(module.router, dependencies=[Depends(authenticate)], responses=problems.PROBLEM_RESPONSES)
     app.include_router(health.router)
     metrics_public = settings.metrics_public if settings.metrics_public is not None else open_mode
-    app.include_router(health.metrics_router, dependencies=[] if metrics_public else [Depends(require_admin_key)])
+    app.include_router(health.metrics_router, dependencies=[] if metrics_public else [Depends(require_admin_key)],
+                       responses={} if metrics_public else problems.PROBLEM_RESPONSES)
     web.install(app)  # the dashboard at / and /static/: public files; its data calls carry the key
 
     collector = JobStateCollector(settings.resolved_database_url)

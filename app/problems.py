@@ -16,6 +16,19 @@ from app.jobs import JobError
 log = logging.getLogger("histosynth.api")
 MEDIA_TYPE = "application/problem+json"
 
+# What every /v1 route may answer besides its success, for the OpenAPI document (app.main): a
+# problem for any 4xx (401 key, 403 admin, 404, 409, 413, 422, 429). Declaring "4XX" also keeps
+# FastAPI from documenting its own 422 body, which this app never sends (see _validation).
+PROBLEM_SCHEMA = {
+    "type": "object", "required": ["type", "title", "status"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                   "detail": {"type": "string"}, "instance": {"type": "string"}, "request_id": {"type": "string"},
+                   "errors": {"type": "array", "items": {"type": "object"}}},
+}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"description": "A problem (RFC 9457)", "content": {MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}}},
+}
+
 
 class Problem(Exception):
     def __init__(self, status: int, title: str, detail: str | None = None, *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -51,7 +51,8 @@ def _check_broker(settings) -> str | None:  # noqa: ANN001
         return "unreachable"
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready: a problem naming the failed checks",
+                                         "content": {"application/problem+json": {}}}})
 def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     checks = {"database": _check_db(settings.resolved_database_url), "broker": _check_broker(settings)}
     predictor = getattr(request.app.state, "predictor", None)
@@ -65,6 +66,6 @@ def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-@metrics_router.get("/metrics")
+@metrics_router.get("/metrics", response_class=PlainTextResponse)  # documented as text, as it is
 def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
