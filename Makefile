@@ -31,7 +31,7 @@ serve: install
 # fault tests (worker, Redis, Postgres killed or restarted) run in the first pass only, for time
 # (~3 min): they pass on S3 too, and the two-machine test already resumes a killed job on S3.
 test: install browser
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 	HISTOSYNTH_TEST_STORAGE=s3 $(BIN)/python -m pytest -q -ra -m integration --ignore=tests/test_two_machines.py \
 		--ignore=tests/test_faults.py
 
