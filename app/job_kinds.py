@@ -360,12 +360,17 @@ class ClassifierParams(Params):
         return self.overrides
 
 
-def _check_classifier(params: ClassifierParams) -> None:
+def _check_classifier(params: ClassifierParams, settings: Settings) -> None:
     from models.classifier import config_from
 
-    if params.weights not in ("imagenet", "none") and not Path(params.weights).is_file():
-        raise Problem(422, "Weights file not found",
-                      f"weights={params.weights!r} is neither 'imagenet', 'none' nor an existing file on the server.")
+    if params.weights not in ("imagenet", "none"):
+        refusal = path_refusal(settings, settings.weights_roots, Path(params.weights), "HISTOSYNTH_WEIGHTS_ROOTS",
+                               "a server-side weights file")
+        if refusal is not None:  # checked before existence: a refused path says nothing about the server
+            raise Problem(422, "Weights file outside the allowed roots", refusal)
+        if not Path(params.weights).is_file():
+            raise Problem(422, "Weights file not found",
+                          f"weights={params.weights!r} is neither 'imagenet', 'none' nor an existing file on the server.")
     try:
         config_from(params.classifier_settings())
     except (TypeError, ValueError) as exc:
@@ -383,7 +388,7 @@ def check_train_classifier(params: TrainClassifierParams, settings: Settings, se
     dataset = _dataset(session, params.dataset_id)
     if any(_label_count(dataset, label) == 0 for label in (0, 1)):
         raise Problem(422, "Dataset needs both labels", f"Dataset {dataset.id} has counts {dataset.counts.get('by_label')}.")
-    _check_classifier(params)
+    _check_classifier(params, settings)
 
 
 class EvaluateParams(ClassifierParams):
@@ -407,7 +412,7 @@ def check_evaluate(params: EvaluateParams, settings: Settings, session: Session)
         if _label_count(real, label) == 0 or not any(_label_count(d, label) for d in synth):
             raise Problem(422, "Both labels are needed",
                           f"Label {label} is missing from the real or the synthetic side; the protocol needs IDC- and IDC+.")
-    _check_classifier(params)
+    _check_classifier(params, settings)
 
 
 class AuditParams(Params):
@@ -477,7 +482,7 @@ def check_experiment(params: ExperimentParams, settings: Settings, session: Sess
         TrainSpeed.from_dict(params.speed)
     except (TypeError, ValueError) as exc:
         raise Problem(422, "Invalid GAN settings", str(exc)) from exc
-    _check_classifier(params)
+    _check_classifier(params, settings)
 
 
 @dataclass(frozen=True)
@@ -527,16 +532,19 @@ def stored_params(kind: str, stored: dict[str, Any]) -> Params:
 
 
 def ingest_path_refusal(settings: Settings, path: Path) -> str | None:
-    """Why a server-side ingest may not read `path`, or None. With no HISTOSYNTH_INGEST_ROOTS,
-    only the open (embedded, loopback-only) mode may read anywhere; with keys required it is
-    off. The API checks it at submission and the worker again before reading (the roots may
-    have changed while the job was queued)."""
-    roots = settings.ingest_roots
+    """Why a server-side ingest may not read `path`, or None. The API checks it at submission
+    and the worker again before reading (the roots may have changed while the job was queued)."""
+    return path_refusal(settings, settings.ingest_roots, path, "HISTOSYNTH_INGEST_ROOTS", "server-side ingest")
+
+
+def path_refusal(settings: Settings, roots: list[Path], path: Path, setting: str, what: str) -> str | None:
+    """Why the service may not read the server path `path`, or None. With no roots, only the
+    open mode (embedded, loopback only) may read anywhere; with keys required it is off."""
     if not roots:
         if settings.auth == "open":
             return None
-        return "server-side ingest is off: HISTOSYNTH_INGEST_ROOTS is empty (set it to the folders it may read)"
-    resolved = path.resolve()
+        return f"{what} is off: {setting} is empty (set it to the folders it may read)"
+    resolved = path.expanduser().resolve()
     if any(resolved.is_relative_to(r.resolve()) for r in roots):
         return None
-    return f"{path} is not under HISTOSYNTH_INGEST_ROOTS"
+    return f"{path} is not under {setting}"

@@ -54,8 +54,11 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = 30.0
     max_attempts: int = 3
 
-    # Server-side ingest paths must sit under one of these roots (empty: any readable path).
+    # Server-side ingest paths must sit under one of these roots (empty: anywhere in open mode,
+    # nowhere when keys are required; app.job_kinds.path_refusal).
     ingest_roots: list[Path] = Field(default_factory=list)
+    # Server-side classifier weights files (`weights` = a path) must sit under one of these.
+    weights_roots: list[Path] = Field(default_factory=list)
     max_upload_bytes: int = 2 * 1024**3
     # Zip caps, counted on the bytes really decompressed (app/uploads.py), and upload expiry.
     zip_max_total_bytes: int = Field(default=8 * 1024**3, ge=1)

@@ -258,3 +258,25 @@ def test_per_key_quotas_on_active_jobs_and_stored_bytes(tmp_path):
     assert bob_up.status_code == 201  # quotas are per key
     assert up["size_bytes"] + len(body) * 5 > 30_000
     assert big.status_code == 413 and "HISTOSYNTH_MAX_STORED_BYTES_PER_KEY" in big.json()["detail"]
+
+
+def test_weights_files_only_from_the_weights_roots(world, tmp_path):
+    url = world.settings.resolved_database_url
+    with session_scope(url) as s:
+        s.add(Dataset(id="e" * 32, name="two labels", kind="real", key="datasets/e", n_patches=2, patch_size=50,
+                      counts={"by_label": {"0": 1, "1": 1}}, created_by=world.ids["operator"]))
+    outside = tmp_path / "weights.pth"
+    outside.write_bytes(b"x")
+
+    def post(weights: str):  # noqa: ANN202
+        async def scenario(c):  # noqa: ANN001, ANN202
+            return await c.post("/v1/jobs", headers=bearer(world.admin), json={
+                "kind": "train_classifier", "params": {"dataset_id": "e" * 32, "weights": weights}})
+        return world.run(scenario)
+    off = post("/etc/passwd")
+    assert off.status_code == 422 and "HISTOSYNTH_WEIGHTS_ROOTS is empty" in off.json()["detail"]
+    world.settings = Settings(home=world.settings.home, auth="keys", weights_roots=[tmp_path / "allowed"])
+    (tmp_path / "allowed").mkdir()
+    assert "not under HISTOSYNTH_WEIGHTS_ROOTS" in post(str(outside)).json()["detail"]
+    missing = post(str(tmp_path / "allowed" / "nope.pth"))
+    assert missing.status_code == 422 and missing.json()["title"] == "Weights file not found"
