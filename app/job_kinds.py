@@ -9,6 +9,8 @@ the stored JSON is exactly `model_dump` of a valid model and a worker reads it b
 
 from __future__ import annotations
 
+import re
+
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ RESOLVED = "Resolved at submission when left out (and stored with the job). "
 # and the tests build anything); these are the limits of what a job may ask for.
 
 SEED_MAX = 2**31 - 1
+MODEL_REF = re.compile(r"[0-9A-Za-z_-]{1,64}")
 GAN_STEPS_MAX = 5_000_000
 EPOCHS = (1, 200)
 INPUT_SIZE = (32, 512)
@@ -343,7 +346,8 @@ def check_generate(params: GenerateParams, settings: Settings, session: Session)
 
 
 class ClassifierParams(Params):
-    weights: str = Field("imagenet", max_length=4096, description="'imagenet' (torchvision IMAGENET1K_V1), 'none', or a server-side .pth")
+    weights: str = Field("imagenet", max_length=4096, description="'imagenet' (torchvision IMAGENET1K_V1), 'none', "
+                         "a classifier model id (start from that model), or a server-side .pth under WEIGHTS_ROOTS")
     mode: Literal["frozen", "finetune"] = "frozen"
     epochs: int = Field(150, ge=EPOCHS[0], le=EPOCHS[1])
     input_size: int = Field(224, ge=INPUT_SIZE[0], le=INPUT_SIZE[1])
@@ -360,10 +364,22 @@ class ClassifierParams(Params):
         return self.overrides
 
 
-def _check_classifier(params: ClassifierParams, settings: Settings) -> None:
+def is_model_ref(weights: str) -> bool:
+    """`weights` names a model version of this service (an id: no '/' and no '.'), not a file."""
+    return weights not in ("imagenet", "none") and MODEL_REF.fullmatch(weights) is not None
+
+
+def _check_classifier(params: ClassifierParams, settings: Settings, session: Session) -> None:
+    from app.tables import ModelVersion
     from models.classifier import config_from
 
-    if params.weights not in ("imagenet", "none"):
+    if is_model_ref(params.weights):
+        row = session.get(ModelVersion, params.weights)
+        if row is None or row.kind != "classifier":
+            raise Problem(422, "Unknown classifier model",
+                          f"weights={params.weights!r} is neither 'imagenet', 'none', a classifier model id "
+                          "nor an absolute path.")
+    elif params.weights not in ("imagenet", "none"):
         refusal = path_refusal(settings, settings.weights_roots, Path(params.weights), "HISTOSYNTH_WEIGHTS_ROOTS",
                                "a server-side weights file")
         if refusal is not None:  # checked before existence: a refused path says nothing about the server
@@ -388,7 +404,7 @@ def check_train_classifier(params: TrainClassifierParams, settings: Settings, se
     dataset = _dataset(session, params.dataset_id)
     if any(_label_count(dataset, label) == 0 for label in (0, 1)):
         raise Problem(422, "Dataset needs both labels", f"Dataset {dataset.id} has counts {dataset.counts.get('by_label')}.")
-    _check_classifier(params, settings)
+    _check_classifier(params, settings, session)
 
 
 class EvaluateParams(ClassifierParams):
@@ -412,7 +428,7 @@ def check_evaluate(params: EvaluateParams, settings: Settings, session: Session)
         if _label_count(real, label) == 0 or not any(_label_count(d, label) for d in synth):
             raise Problem(422, "Both labels are needed",
                           f"Label {label} is missing from the real or the synthetic side; the protocol needs IDC- and IDC+.")
-    _check_classifier(params, settings)
+    _check_classifier(params, settings, session)
 
 
 class AuditParams(Params):
@@ -482,7 +498,7 @@ def check_experiment(params: ExperimentParams, settings: Settings, session: Sess
         TrainSpeed.from_dict(params.speed)
     except (TypeError, ValueError) as exc:
         raise Problem(422, "Invalid GAN settings", str(exc)) from exc
-    _check_classifier(params, settings)
+    _check_classifier(params, settings, session)
 
 
 @dataclass(frozen=True)

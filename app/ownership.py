@@ -97,8 +97,13 @@ def check_references(session: Session, principal: Principal, kind: str, params: 
         elif name == "upload_id" and isinstance(value, str):
             checks.append((name, Upload, value))
         elif name == "weights" and isinstance(value, str) and value not in ("imagenet", "none"):
-            raise Problem(403, "Admin key required", "Only an admin key may name a server-side weights file; "
-                          "use weights 'imagenet' or 'none'.")
+            from app.job_kinds import is_model_ref
+
+            if is_model_ref(value):  # start from a classifier the submitter may read
+                checks.append((name, ModelVersion, value))
+            else:
+                raise Problem(403, "Admin key required", "Only an admin key may name a server-side weights file; "
+                              "use weights 'imagenet', 'none' or a classifier model id.")
     for name, table, row_id in checks:
         row = session.get(table, row_id)
         if row is None or not can_read(session, row, principal):

@@ -280,3 +280,40 @@ def test_weights_files_only_from_the_weights_roots(world, tmp_path):
     assert "not under HISTOSYNTH_WEIGHTS_ROOTS" in post(str(outside)).json()["detail"]
     missing = post(str(tmp_path / "allowed" / "nope.pth"))
     assert missing.status_code == 422 and missing.json()["title"] == "Weights file not found"
+
+
+def test_weights_as_a_classifier_model_id(world, tmp_path):
+    import torch
+
+    from app.storage import Storage
+    from models.classifier import build_resnet18, classifier_state, config_from
+    from worker.classify import _config
+    from worker.context import JobContext
+
+    url = world.settings.resolved_database_url
+    torch.manual_seed(3)
+    start = build_resnet18("none", "finetune")
+    buf = io.BytesIO()
+    torch.save(classifier_state(start, config_from({"weights": "none", "input_size": 32})), buf)
+    Storage.from_settings(world.settings).put_bytes("models/start.pt", buf.getvalue())
+    with session_scope(url) as s:
+        s.add(Dataset(id="e" * 32, name="two labels", kind="real", key="datasets/e", n_patches=2, patch_size=50,
+                      counts={"by_label": {"0": 1, "1": 1}}, created_by=world.ids["operator"]))
+        s.add(ModelVersion(id="c" * 32, kind="classifier", label=None, version=1, key="models/start.pt", config={},
+                           metrics={}, created_by=world.ids["operator"]))
+
+    def post(secret: str, weights: str):  # noqa: ANN202
+        async def scenario(c):  # noqa: ANN001, ANN202
+            return await c.post("/v1/jobs", headers=bearer(secret), json={
+                "kind": "train_classifier", "params": {"dataset_id": "e" * 32, "weights": weights, "epochs": 1}})
+        return world.run(scenario)
+    assert post(world.admin, "nosuchmodel").json()["title"] == "Unknown classifier model"
+    assert post(world.alice, "c" * 32).status_code == 404  # not hers and not shared
+    job = post(world.admin, "c" * 32)
+    assert job.status_code == 202, job.text
+    # The worker trains from that model's file and records the model, not the file's path.
+    ctx = JobContext(world.settings, job.json()["id"], "train_classifier", job.json()["params"], "w", 1)
+    config, recorded = _config(ctx, ctx.p)
+    assert recorded.weights == f"model:{'c' * 32}" and Path(config.weights).is_file()
+    loaded = build_resnet18(config.weights, "finetune")
+    assert torch.equal(loaded.conv1.weight, start.conv1.weight)

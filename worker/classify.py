@@ -7,8 +7,8 @@ import json
 import numpy as np
 
 from app.db import session_scope
-from app.job_kinds import ClassifierParams, EvaluateParams, TrainClassifierParams
-from app.storage import Storage
+from app.job_kinds import ClassifierParams, EvaluateParams, TrainClassifierParams, is_model_ref
+from app.storage import Storage, StorageError
 from app.packed import ConcatView, LabelView, open_patches, read_index
 from app.tables import Dataset, ModelVersion
 from models.classification_metrics import classification_metrics
@@ -55,9 +55,25 @@ def _cap_per_class(labels: np.ndarray, cap: int | None, seed: int) -> np.ndarray
     return np.sort(np.concatenate(keep))
 
 
-def _config(p: ClassifierParams) -> ClassifierConfig:
+def _config(ctx: JobContext, p: ClassifierParams) -> tuple[ClassifierConfig, ClassifierConfig]:
+    """(the config to train with, the config to record). `weights` given as a classifier model
+    id is trained from that model's file (a local copy from the store); the record says
+    `model:<id>`, never the copy's path."""
+    settings = p.classifier_settings()
+    recorded = dict(settings)
+    if is_model_ref(p.weights):
+        with session_scope(ctx.db_url) as s:
+            row = s.get(ModelVersion, p.weights)
+            key = row.key if row is not None and row.kind == "classifier" else None
+        if key is None:
+            raise UserError(f"classifier model {p.weights} no longer exists")
+        try:
+            settings["weights"] = str(ctx.storage.local_path(key))
+        except StorageError as exc:
+            raise UserError(f"the file of classifier model {p.weights} is gone") from exc
+        recorded["weights"] = f"model:{p.weights}"
     try:
-        return config_from(p.classifier_settings())
+        return config_from(settings), config_from(recorded)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from exc
 
@@ -71,7 +87,7 @@ def _progress(ctx: JobContext, what: str):  # noqa: ANN202
 
 def handle_train_classifier(ctx: JobContext) -> Outcome:
     p: TrainClassifierParams = ctx.p
-    config = _config(p)
+    config, recorded = _config(ctx, p)
     device = pick_device(p.device)
     images, labels, patients = _load(ctx, [p.dataset_id])
     rows = _cap_per_class(labels, p.max_per_class, p.split_seed)
@@ -89,7 +105,7 @@ def handle_train_classifier(ctx: JobContext) -> Outcome:
     val = classification_metrics(labels[val_rows], probs=probs)
     model_id = stable_id(ctx.job_id, "classifier")
     key = Storage.model_key(model_id)
-    put_state(ctx.storage, key, classifier_state(model, config))
+    put_state(ctx.storage, key, classifier_state(model, recorded))
     ctx.add_artifact("training_curves.png", "image/png",
                      loss_curves_png(history, keys=("train_loss", "train_acc"), title="ResNet18 training"))
     if val["roc"] is not None:  # None when the validation split holds one class only
@@ -100,13 +116,13 @@ def handle_train_classifier(ctx: JobContext) -> Outcome:
                "split_by": p.split_by, "final_train_loss": history[-1]["train_loss"] if history else None}
     # numbered (and never auto-promoted) by app.model_registry when the success is recorded
     row = ModelVersion(id=model_id, kind="classifier", label=None, job_id=ctx.job_id, key=key,
-                       config={**config.to_dict(), "dataset_id": p.dataset_id}, metrics=metrics)
+                       config={**recorded.to_dict(), "dataset_id": p.dataset_id}, metrics=metrics)
     return Outcome(result={"model_id": model_id, "val": summary}, metrics=metrics, new_models=[row])
 
 
 def handle_evaluate(ctx: JobContext) -> Outcome:
     p: EvaluateParams = ctx.p
-    config = _config(p)
+    config, recorded = _config(ctx, p)
     device = pick_device(p.device)
     seed = p.seed
     real, real_labels, real_patients = _load(ctx, [p.real_dataset_id])
@@ -126,6 +142,7 @@ def handle_evaluate(ctx: JobContext) -> Outcome:
         raise JobAborted("cancelled") from exc
     except (WeightsUnavailableError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
+    result["config"] = recorded.to_dict()  # the record names a model, not a cache path
     result["datasets"] = {"real": p.real_dataset_id, "synthetic": p.synthetic_dataset_ids}
     result["max_per_class"] = p.max_per_class
     artifacts = {}
