@@ -70,7 +70,7 @@ def main() -> None:
                 page.goto(f"{url}/{route}")
                 page.locator("main h1").wait_for()
                 settle(page)
-                page.screenshot(path=str(args.out / f"dashboard_{name}.png"), full_page=False)
+                page.screenshot(path=str(args.out / f"dashboard_{name}.png"), full_page=name != "jobs")
                 print(f"docs/dashboard_{name}.png")
             browser.close()
     finally:
