@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def embedded_service(prefix: str, env: dict[str, str] | None = None) -> Iterator[tuple[httpx.Client, Path]]:
-    """(client, home) of a fresh API + worker, stopped on exit (SIGTERM, as a deploy would);
-    `env` adds HISTOSYNTH_ settings (an S3 storage URL, say)."""
-    home = Path(tempfile.mkdtemp(prefix=prefix))
+def embedded_service(prefix: str, env: dict[str, str] | None = None,
+                     home: Path | None = None) -> Iterator[tuple[httpx.Client, Path]]:
+    """(client, home) of a fresh API + worker (or one on an existing `home`), stopped on exit
+    (SIGTERM, as a deploy would); `env` adds HISTOSYNTH_ settings (an S3 storage URL, say)."""
+    home = home or Path(tempfile.mkdtemp(prefix=prefix))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -8,6 +8,13 @@ audit's domain classifier, evaluate with the augmentation rows, an audit per lab
 and saves its report (Markdown and JSON) and the generators' last sample grids under --out.
 The last line printed is one JSON object: the table, the augmentation gain, the audits and
 the wall time of every step.
+
+    python bench/experiment_cpu.py --attach HOME --job ID [--steps N --out docs --json]
+
+serves an earlier run's home instead and waits for its experiment `ID`. If that experiment
+failed (a worker crash outside the pipeline, say), it and its failed steps are put back in the
+queue first: the steps that succeeded are kept (the experiment finds its children by their
+stable ids) and only the rest runs. The JSON then says `"resumed": true`.
 """
 
 from __future__ import annotations
@@ -38,24 +45,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--name", default="cpu_experiment")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--attach", type=Path, default=None, help="HISTOSYNTH_HOME of an earlier run")
+    ap.add_argument("--job", default=None, help="with --attach: the experiment job id")
     args = ap.parse_args()
     started = time.monotonic()
-    with embedded_service("histosynth-experiment-cpu-") as (c, home):
-        job = c.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(DATA)}}).json()
-        while (job := c.get(f"/v1/jobs/{job['id']}").json())["state"] not in ("succeeded", "failed"):
-            time.sleep(1)
-        if job["state"] != "succeeded":
-            sys.exit(f"ingest failed: {job['error']}")
-        params = {"dataset_id": job["result"]["dataset_id"], "fraction": args.fraction, "preset": args.preset,
-                  "overrides": json.loads(args.overrides), "steps": args.steps, "weights": "none",
-                  "mode": "finetune", "epochs": args.epochs, "input_size": args.input_size,
-                  "audit_max_samples": args.audit_max_samples, "seed": args.seed}
-        if args.max_per_class:
-            params["max_per_class"] = args.max_per_class
-        resp = c.post("/v1/experiments", json=params)
-        if resp.status_code != 202:
-            sys.exit(f"experiment refused: {resp.text}")
-        job_id = resp.json()["id"]
+    if args.attach:
+        requeue_failed(args.attach, args.job)
+    with embedded_service("histosynth-experiment-cpu-", home=args.attach) as (c, home):
+        if args.attach:
+            job_id = args.job
+            params = c.get(f"/v1/jobs/{job_id}").json()["params"]
+        else:
+            job_id, params = submit(c, args)
         while (job := c.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed", "cancelled"):
             running = [k for k in job["children"] if k["state"] == "running"]
             step = f"{running[0]['kind']} {running[0]['progress']['current']}/{running[0]['progress']['total']}" if running else ""
@@ -75,11 +76,45 @@ def main() -> None:
                 if art["name"].startswith("samples/label") and art["name"].endswith(f"{args.steps:07d}.png"):
                     label = art["name"].split("/")[1]
                     (args.out / f"{args.name}_{label}.png").write_bytes(c.get(art["url"]).content)
-    result = {"bench": "experiment_cpu", "home": str(home), "job_id": job_id, "params": params,
+    result = {"bench": "experiment_cpu", "home": str(home), "job_id": job_id, "resumed": bool(args.attach),
+              "params": params,
               "wall_s": round(time.monotonic() - started, 1),
               "step_wall_s": walls, "parts": job["result"]["parts"], "table": job["result"]["table"],
               "augmentation": job["result"]["augmentation"], "audit": job["result"]["audit"]}
     print(json.dumps(result))
+
+
+def submit(c, args) -> tuple[str, dict]:  # noqa: ANN001
+    """Ingest the shared data and POST the experiment: (job id, params)."""
+    job = c.post("/v1/jobs", json={"kind": "ingest", "params": {"path": str(DATA)}}).json()
+    while (job := c.get(f"/v1/jobs/{job['id']}").json())["state"] not in ("succeeded", "failed"):
+        time.sleep(1)
+    if job["state"] != "succeeded":
+        sys.exit(f"ingest failed: {job['error']}")
+    params = {"dataset_id": job["result"]["dataset_id"], "fraction": args.fraction, "preset": args.preset,
+              "overrides": json.loads(args.overrides), "steps": args.steps, "weights": "none",
+              "mode": "finetune", "epochs": args.epochs, "input_size": args.input_size,
+              "audit_max_samples": args.audit_max_samples, "seed": args.seed}
+    if args.max_per_class:
+        params["max_per_class"] = args.max_per_class
+    resp = c.post("/v1/experiments", json=params)
+    if resp.status_code != 202:
+        sys.exit(f"experiment refused: {resp.text}")
+    return resp.json()["id"], params
+
+
+def requeue_failed(home: Path, job_id: str) -> None:
+    """Put a failed experiment and its failed steps back in the queue (the service is stopped)."""
+    from sqlalchemy import update
+
+    from app.db import session_scope
+    from app.settings import Settings
+    from app.tables import Job
+
+    with session_scope(Settings(home=home).resolved_database_url) as s:
+        s.execute(update(Job).where((Job.id == job_id) | (Job.parent_id == job_id), Job.state == "failed").values(
+            state="queued", error=None, finished_at=None, attempts=0, lease_owner=None, lease_expires_at=None,
+            cancel_requested=False))
 
 
 if __name__ == "__main__":
