@@ -98,7 +98,9 @@ def main() -> None:
     probs = predict_proba(model.eval(), images, input_size=config.input_size, batch_size=256)
     measured = classification_metrics(labels, probs=probs)
     cls_metrics = {"holdout": {"n": int(len(labels)), "patients": len(holdout_patients),
-                               "balanced_accuracy": measured["balanced_accuracy"], "auc": measured["auc"],
+                               # macro-averaged recall is balanced accuracy
+                               "balanced_accuracy": measured["recall"] if measured["averaging"] == "macro" else None,
+                               "accuracy": measured["accuracy"], "auc": measured["auc"],
                                "precision": "fp16 weights as shipped, fp32 compute"},
                    "train": {"dataset": "the experiment's classification patients", "epochs": config.epochs,
                              "input_size": config.input_size, "weights": config.weights},

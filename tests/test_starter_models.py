@@ -105,3 +105,14 @@ def test_a_starter_that_does_not_match_its_manifest_is_refused(starters, tmp_pat
     with pytest.raises(ValueError, match="does not match its manifest"):
         install_starters(_settings(tmp_path), starters)
 
+
+
+def test_the_shipped_manifest_names_files_that_exist():
+    manifest = load_manifest()
+    if manifest is None:
+        pytest.fail("app/starters/manifest.json is missing: run bench/build_starters.py")
+    kinds = sorted((m["kind"], m.get("label") if m.get("label") is not None else -1) for m in manifest["models"])
+    assert kinds == [("classifier", -1), ("generator", 0), ("generator", 1)]
+    for m in manifest["models"]:
+        data = (STARTERS_DIR / m["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == m["sha256"]
