@@ -71,7 +71,7 @@ def test_train_promote_predict_real_patches(service, classifier, real_dataset):
                                                                (neg.name, neg.read_bytes(), "image/png")))
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["model"] == {"id": model_id, "version": promoted["version"], "precision": "fp32"}
+    assert body["model"] == {"id": model_id, "version": promoted["version"], "precision": "fp32", "starter": False}
     assert [p["filename"] for p in body["predictions"]] == [pos.name, neg.name]
     for p in body["predictions"]:
         assert 0.0 <= p["probability_idc"] <= 1.0
