@@ -63,6 +63,13 @@ def check_can_change(row: Any, principal: Principal, what: str) -> None:
         raise Problem(403, "Not yours", f"Only the key that created it, or an admin, may {what}.")
 
 
+def set_shared(session: Session, row: Any, principal: Principal, noun: str, shared: bool) -> None:
+    """Share `row` read-only with every key, or stop: its creator or an admin only."""
+    check_can_change(row, principal, f"share this {noun}")
+    row.shared = shared
+    session.commit()
+
+
 # Params that name other objects: each must be readable by whoever submits the job, so a
 # job cannot be used to read (train on, generate from, audit) another user's data.
 DATASET_FIELDS = ("dataset_id", "real_dataset_id", "synthetic_dataset_id", "train_dataset_id",

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.auth import Principal, authenticate
 from app.db import get_sessionmaker
-from app.problems import Problem
 from app.queue import JobQueue
 from app.settings import Settings
 from app.storage import Storage
@@ -35,17 +34,6 @@ async def get_storage(request: Request) -> Storage:
 
 async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
-
-
-Row = TypeVar("Row")
-
-
-def get_or_404(session: Session, table: type[Row], row_id: str, noun: str) -> Row:
-    """The row with primary key `row_id`, or a 404 problem naming the `noun` and the id."""
-    row = session.get(table, row_id)
-    if row is None:
-        raise Problem(404, f"{noun.capitalize()} not found", f"No {noun} with id {row_id!r}.")
-    return row
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

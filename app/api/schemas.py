@@ -113,6 +113,10 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
+class ShareBody(BaseModel):
+    shared: bool = Field(description="true: readable by every key (read-only); false: its creator's again")
+
+
 class DatasetList(BaseModel):
     data: list[DatasetPublic]
     count: int

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 from sqlalchemy import select
 
 from app.api.deps import PrincipalDep, SessionDep
 from app.db import page
-from app.api.schemas import DatasetList, DatasetPublic, dataset_public
-from app.ownership import check_can_change, get_readable, visible
+from app.api.schemas import DatasetList, DatasetPublic, ShareBody, dataset_public
+from app.ownership import get_readable, set_shared, visible
 from app.tables import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -37,15 +36,9 @@ def get_dataset(dataset_id: str, session: SessionDep, principal: PrincipalDep) -
     return dataset_public(dataset, principal)
 
 
-class ShareBody(BaseModel):
-    shared: bool
-
-
 @router.post("/{dataset_id}/share", response_model=DatasetPublic)
 def share_dataset(dataset_id: str, body: ShareBody, session: SessionDep, principal: PrincipalDep) -> DatasetPublic:
     """Share read-only with every key (`{"shared": true}`), or stop sharing. Creator or admin."""
     dataset = get_readable(session, Dataset, dataset_id, "dataset", principal)
-    check_can_change(dataset, principal, "share this dataset")
-    dataset.shared = body.shared
-    session.commit()
+    set_shared(session, dataset, principal, "dataset", body.shared)
     return dataset_public(dataset, principal)

@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import model_registry
 from app.api.deps import PrincipalDep, SessionDep
 from app.auth import require_admin
-from app.ownership import check_can_change, get_readable, visible
+from app.ownership import get_readable, set_shared, visible
 from app.db import page
-from app.api.schemas import ModelList, ModelPublic, model_public
+from app.api.schemas import ModelList, ModelPublic, ShareBody, model_public
 from app.problems import Problem
 from app.tables import ModelVersion
 
@@ -64,15 +63,9 @@ def promote_model(model_id: str, session: SessionDep, request: Request, principa
     return model_public(model)
 
 
-class ShareBody(BaseModel):
-    shared: bool
-
-
 @router.post("/{model_id}/share", response_model=ModelPublic)
 def share_model(model_id: str, body: ShareBody, session: SessionDep, principal: PrincipalDep) -> ModelPublic:
     """Share read-only with every key (`{"shared": true}`), or stop sharing. Creator or admin."""
     model = get_readable(session, ModelVersion, model_id, "model", principal)
-    check_can_change(model, principal, "share this model")
-    model.shared = body.shared
-    session.commit()
+    set_shared(session, model, principal, "model", body.shared)
     return model_public(model)
