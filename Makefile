@@ -28,12 +28,13 @@ serve: install
 
 # The whole suite on the local storage folder, then the service tests again on the real S3
 # object store (SeaweedFS, started by the tests; the two-machine test runs on S3 already). The
-# fault tests (worker, Redis, Postgres killed or restarted) run in the first pass only, for time
-# (~3 min): they pass on S3 too, and the two-machine test already resumes a killed job on S3.
+# tests that kill or stop the worker (test_faults.py and those marked worker_kill) run in the
+# first pass only, for time (~5 min): they pass on S3 too, and the two-machine test already
+# resumes a killed job from its checkpoint in S3.
 test: install browser
 	$(BIN)/python -m pytest -q -ra --durations=25
-	HISTOSYNTH_TEST_STORAGE=s3 $(BIN)/python -m pytest -q -ra -m integration --ignore=tests/test_two_machines.py \
-		--ignore=tests/test_faults.py
+	HISTOSYNTH_TEST_STORAGE=s3 $(BIN)/python -m pytest -q -ra --durations=10 -m "integration and not worker_kill" \
+		--ignore=tests/test_two_machines.py --ignore=tests/test_faults.py
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"

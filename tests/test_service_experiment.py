@@ -90,9 +90,11 @@ def test_cancelling_the_experiment_cancels_its_children(service, real_dataset):
     assert [k["state"] for k in job["children"]] == ["cancelled"]  # no later step was started
 
 
+@pytest.mark.worker_kill
 def test_killed_worker_resumes_the_experiment_at_the_running_child(service, real_dataset):
     c = service.client
-    job_id = c.post("/v1/experiments", json=experiment(real_dataset, steps=300)).json()["id"]
+    # 60 steps checkpoint every 15 (worker/experiment.py): the kill lands mid-way through label 0
+    job_id = c.post("/v1/experiments", json=experiment(real_dataset, steps=60)).json()["id"]
 
     def gan_checkpointed(j):
         if not j["children"]:

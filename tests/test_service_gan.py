@@ -116,6 +116,7 @@ def test_generation_and_training_bad_input(service, trained, real_slice, negativ
     assert_problem(c.post("/v1/generations", json={"label": "IDC+", "n": 4, "precision": "fp8"}), 422)
 
 
+@pytest.mark.worker_kill
 def test_sigkill_mid_training_resumes_from_last_checkpoint(service, real_slice):
     body = {"kind": "train_gan", "params": {"dataset_id": real_slice, "label": 0, "steps": 100,
                                             "checkpoint_every": 10, "sample_every": 0, "overrides": TINY}}
@@ -144,6 +145,7 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(service, real_slice):
     assert len(steps) == 100  # restored history + continued steps: nothing lost, nothing doubled
 
 
+@pytest.mark.worker_kill
 def test_sigterm_hands_the_running_job_back(service, real_slice):
     """A worker asked to stop (SIGTERM: a deploy, a scale-down) does not sit on its job until
     it finishes: the job goes back to the queue uncounted and the next worker resumes it."""

@@ -352,13 +352,15 @@ def test_dashboard_end_to_end(keyed_service, browser, upload_zip, tmp_path):
         wait_state(page, "cancelled", timeout=60)
         axe_check(page, "job detail", axe)
 
-        # an audit of the IDC+ set, from the form that starts any kind of job
-        go(page, "Jobs")
-        page.locator("summary", has_text="Start a job of any kind").click()
-        page.get_by_label("Kind", exact=True).last.select_option("audit")
-        page.get_by_label("Params (JSON)").fill(json.dumps({"synthetic_dataset_id": synthetic_pos, "max_samples": 16}))
-        page.get_by_role("button", name="Start job").click()
+        # an audit of the IDC+ set, from the Results page's audit form
+        go(page, "Results")
+        page.locator("summary", has_text="Start an audit").click()
+        aform = page.locator("#audit-form")
+        aform.get_by_label("Synthetic dataset").select_option(value=synthetic_pos)
+        aform.get_by_label("Samples at most").fill("16")
+        aform.get_by_role("button", name="Audit").click()
         expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f]{32}$"), timeout=30_000)
+        expect(page.locator("main h1")).to_contain_text("audit job")
         audit_url = page.url
 
         go(page, "Jobs")

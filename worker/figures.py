@@ -65,9 +65,10 @@ def confusion_matrix_png(matrix_percent: Sequence[Sequence[float]], title: str =
 
 
 def loss_curves_png(history: Sequence[dict], keys: Sequence[str] = ("train_loss",), title: str = "Training curves",
-                    ) -> bytes:
-    """One line per key over epochs (history: one dict per epoch; "epoch" gives the x axis when
-    present, else 1..n). Keys missing from every epoch are skipped."""
+                    x_label: str = "epoch") -> bytes:
+    """One line per key over the rows of `history` (one dict per epoch, or per step for the GAN:
+    `x_label` names which; an "epoch" key gives the x axis when present, else 1..n). Keys missing
+    from every row are skipped."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for key in keys:
@@ -75,7 +76,7 @@ def loss_curves_png(history: Sequence[dict], keys: Sequence[str] = ("train_loss"
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key)
-    ax.set(xlabel="epoch", title=title)
+    ax.set(xlabel=x_label, title=title)
     if ax.has_data():
         ax.legend()
     ax.grid(alpha=0.3)

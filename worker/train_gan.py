@@ -124,7 +124,7 @@ def _train_label(ctx: JobContext, trainer: GanTrainer, ckpts: _Checkpoints, posi
 def _save_figures(ctx: JobContext, name: str, history: list[dict[str, float]]) -> None:
     ctx.add_artifact(f"loss_curves_{name}.png", "image/png",
                      loss_curves_png(history, keys=("d_loss", "g_loss", "gp", "wasserstein"),
-                                     title=f"MSG-GAN losses, {name}"))
+                                     title=f"MSG-GAN losses, {name}", x_label="step"))
     ctx.add_artifact(f"loss_history_{name}.json", "application/json", json.dumps(history).encode())
 
 

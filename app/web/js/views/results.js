@@ -1,5 +1,6 @@
 // Results: the four-way table beside the paper's Table 3, confusion matrices, ROC curves and
-// the audit's figures, for an evaluate, experiment or audit job; and a form that starts an evaluation.
+// the audit's figures, for an evaluate, experiment or audit job; and forms that start an evaluation
+// or an audit.
 
 import { allPages, api } from "../api.js";
 import {
@@ -145,6 +146,29 @@ async function evaluateForm(ctx) {
   return h("details", {}, h("summary", {}, "Start an evaluation (the four-way protocol)"), form);
 }
 
+async function auditForm(ctx) {
+  const slot = errorSlot();
+  const synth = await datasetOptions("synthetic", ctx.signal);
+  const dataset = select("synthetic_dataset_id", synth.length ? synth : [["", "no synthetic dataset yet: generate one"]], synth[0]?.[0]);
+  const features = select("features", [["domain", "domain (the promoted classifier's ResNet18 features)"],
+                                       ["inception", "inception (needs the weights file on the server)"]], "domain");
+  const maxSamples = numberInput("max_samples", 10000, { min: 10, max: 200000, step: 1 });
+  const seed = numberInput("seed", 0, { min: 0, step: 1 });
+  const form = h("form", { class: "panel", id: "audit-form" },
+    h("p", { class: "note" }, "Fidelity (FID, KID, precision, recall, density, coverage) and memorization of a synthetic set, "
+      + "against the real patients its generator never saw, beside the same numbers for real patches (the floor)."),
+    h("div", { class: "fields" }, field("Synthetic dataset", dataset), field("Features", features),
+      field("Samples at most", maxSamples, "per side; FID is biased below ~10,000"), field("Seed", seed)),
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Audit")), slot);
+  onSubmit(form, slot, async () => {
+    const params = { synthetic_dataset_id: dataset.value, features: features.value, max_samples: Number(maxSamples.value),
+                     seed: Number(seed.value) };
+    const job = await api("/v1/jobs", { method: "POST", json: { kind: "audit", params } });
+    ctx.go(`#/jobs/${job.id}`);
+  });
+  return h("details", {}, h("summary", {}, "Start an audit (fidelity and memorization of a synthetic set)"), form);
+}
+
 export async function render(root, ctx) {
   const slot = errorSlot();
   root.append(h("h1", {}, "Results"), slot);
@@ -173,5 +197,5 @@ export async function render(root, ctx) {
       if (err.name !== "AbortError") showError(slot, err);
     }
   }
-  root.append(out, await evaluateForm(ctx));
+  root.append(out, await evaluateForm(ctx), await auditForm(ctx));
 }
