@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
+from app.download_links import QUERY_PARAM, check_link
 from app.problems import Problem
 from app.tables import ApiKey, utcnow
 
@@ -113,6 +114,8 @@ def principal_for(request: Request) -> Principal:
             raise _unauthorized("This server runs without API keys (HISTOSYNTH_AUTH=open) and answers only "
                                 "local clients. Ask its operator for a key.")
         principal = OPEN_ADMIN
+    elif "authorization" not in request.headers and QUERY_PARAM in request.query_params:
+        principal = _principal_from_link(request, request.query_params[QUERY_PARAM])
     else:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
@@ -126,6 +129,19 @@ def principal_for(request: Request) -> Principal:
     request.state.principal = principal
     request.state.key_id = principal.key_id
     return principal
+
+
+def _principal_from_link(request: Request, token: str) -> Principal:
+    """A download link (app.download_links) stands in for the key on one route only: reading
+    the artifact it was made for."""
+    artifact_id = request.path_params.get("artifact_id")
+    if request.method not in ("GET", "HEAD") or request.url.path != f"/v1/artifacts/{artifact_id}":
+        raise _unauthorized("A download link opens only the artifact it was made for; send the API key.")
+    with session_scope(request.app.state.settings.resolved_database_url) as s:
+        key = check_link(s, token, artifact_id)
+        if key is None:
+            raise _unauthorized("The download link is expired, altered or its key revoked; ask for a new one.")
+        return Principal(key_id=key.id, role=key.role, name=key.name)
 
 
 async def authenticate(request: Request) -> Principal:

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     zip_max_entry_bytes: int = Field(default=1024**2, ge=1)
     zip_max_ratio: float = Field(default=100.0, gt=0)
     upload_ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    # How long a download link (app.download_links) stays valid: the browser uses it at once.
+    download_link_seconds: int = Field(default=60, ge=1, le=3600)
     # Caps for generation and predictions (bad input gets a 4xx, never a 500).
     max_generate_n: int = 100_000
     max_prediction_files: int = 64

@@ -9,7 +9,9 @@ import io
 import os
 import subprocess
 import sys
+import time
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -17,10 +19,12 @@ import pytest
 
 from app import auth
 from app.db import session_scope
+from app.download_links import make_link
 from app.main import create_app
 from app.migrate import upgrade_head
 from app.settings import Settings
-from app.tables import Artifact, Dataset, ModelVersion
+from app.storage import Storage
+from app.tables import ApiKey, Artifact, Dataset, ModelVersion
 from tests.helpers import png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,3 +321,51 @@ def test_weights_as_a_classifier_model_id(world, tmp_path):
     assert recorded.weights == f"model:{'c' * 32}" and Path(config.weights).is_file()
     loaded = build_resnet18(config.weights, "finetune")
     assert torch.equal(loaded.conv1.weight, start.conv1.weight)
+
+
+def test_download_links_open_one_artifact_without_the_key_until_they_expire(world):
+    url = world.settings.resolved_database_url
+    payload = os.urandom(3000)
+    Storage.from_settings(world.settings).put_bytes("artifacts/link.bin", payload)
+    mine, other = "e" * 32, "f" * 32
+
+    async def scenario(c):  # noqa: ANN001, ANN202
+        a = bearer(world.alice)
+        up = await c.post("/v1/uploads", content=_zip(), headers={**a, "Content-Type": "application/zip"})
+        job_id = (await c.post("/v1/jobs", json={"kind": "ingest", "params": {"upload_id": up.json()["upload_id"]}},
+                               headers=a)).json()["id"]
+        with session_scope(url) as s:
+            for artifact_id in (mine, other):
+                s.add(Artifact(id=artifact_id, job_id=job_id, name=f"{artifact_id[0]}.zip", media_type="application/zip",
+                               key="artifacts/link.bin"))
+        link = await c.post(f"/v1/artifacts/{mine}/link", headers=a)
+        link_url = link.json()["url"]
+        token = link_url.split("link=", 1)[1]
+        tampered = token[:-1] + ("0" if token[-1] != "0" else "1")
+        with session_scope(url) as s:
+            expired, _ = make_link(s.get(ApiKey, world.ids["alice"]), mine, 60, now=time.time() - 61)
+        out = {
+            "link": link, "get": await c.get(link_url),
+            "other_artifact": await c.get(f"/v1/artifacts/{other}?link={token}"),
+            "other_route": await c.get(f"/v1/jobs/{job_id}?link={token}"),
+            "tampered": await c.get(f"/v1/artifacts/{mine}?link={tampered}"),
+            "expired": await c.get(f"/v1/artifacts/{mine}?link={expired}"),
+            "bob_link": await c.post(f"/v1/artifacts/{mine}/link", headers=bearer(world.bob)),
+            "no_key": await c.post(f"/v1/artifacts/{mine}/link"),
+        }
+        with session_scope(url) as s:
+            auth.revoke_key(s, world.ids["alice"])
+        out["after_revoke"] = await c.get(link_url)
+        return out
+
+    out = world.run(scenario)
+    assert out["link"].status_code == 200, out["link"].text
+    body = out["link"].json()
+    assert body["url"].startswith(f"/v1/artifacts/{mine}?link={world.ids['alice']}.") and world.alice not in body["url"]
+    expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+    assert 0 < (expires - datetime.now(timezone.utc)).total_seconds() <= 61
+    assert out["get"].status_code == 200 and out["get"].content == payload  # no Authorization header sent
+    for case in ("other_artifact", "other_route", "tampered", "expired", "no_key", "after_revoke"):
+        assert out[case].status_code == 401, (case, out[case].text)
+        assert out[case].headers["content-type"].startswith("application/problem+json"), case
+    assert out["bob_link"].status_code == 404  # another user's artifact does not exist for bob

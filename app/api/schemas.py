@@ -39,6 +39,11 @@ class ArtifactPublic(BaseModel):
     url: str
 
 
+class DownloadLink(BaseModel):
+    url: str = Field(description="GET it without the key (a browser's plain link); one artifact only")
+    expires_at: datetime
+
+
 class CheckpointPublic(BaseModel):
     name: str
     step: int

@@ -105,17 +105,30 @@ export function blobUrl(path) {
   return blobs.get(path);
 }
 
-/** Download `path` with the key as a file named `filename` (a blob: the key stays in a header). */
-export async function download(path, filename) {
-  const blob = await api(path, { as: "blob" });
-  const url = URL.createObjectURL(blob);
+function saveAs(url, filename) {
   const a = document.createElement("a");
   a.href = url;
   a.download = filename;
+  a.rel = "noreferrer";
   a.hidden = true;
   document.body.append(a);
   a.click();
   a.remove();
+}
+
+const ARTIFACT = /^\/v1\/artifacts\/[0-9a-f]{32}$/;
+
+/** Save `path` as `filename`. An artifact goes through a short-lived download link (POST
+ * .../link; app/download_links.py), so the browser streams it to disk and the key never
+ * appears in a URL; anything else is fetched with the key and saved from memory. */
+export async function download(path, filename) {
+  if (ARTIFACT.test(path)) {
+    const link = await api(`${path}/link`, { method: "POST" });
+    saveAs(link.url, filename);
+    return;
+  }
+  const url = URL.createObjectURL(await api(path, { as: "blob" }));
+  saveAs(url, filename);
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
