@@ -93,7 +93,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    log = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    # Progress to stderr, always (a run takes an hour); with --json, stdout holds only the JSON line.
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
 
     patches, labels, patients = load(args.data)
