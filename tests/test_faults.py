@@ -43,6 +43,7 @@ FAULT_SEED = int(os.environ.get("HISTOSYNTH_TEST_FAULT_SEED", "20240607"))
 KILLS = 5
 STEPS = 60
 EVERY = 10  # checkpoint_every: the smallest the bounds allow
+PG_STEPS = 200  # the Postgres restart's job
 # Smaller than test_service_gan's TINY (3 blocks: 16 px out): ~5x cheaper a step, the same code.
 FAST = {"width": 1 / 64, "latent_dim": 16, "batch_size": 4, "fixed_samples": 2, "depth": 3}
 
@@ -419,7 +420,9 @@ def test_postgres_restarted_during_a_job(request, tmp_path_factory, private_post
         svc.start_api()
         dataset_id = ingest(svc, shared_data, tmp_path_factory.mktemp("faults_pg_slice"), per_label=10)
         (worker,) = live_workers(svc)
-        job_id = train_gan(svc, dataset_id, 1, 40)
+        # 200 steps (a few seconds on a quiet machine): 40 could finish between two polls, before
+        # the test saw the job past its first checkpoint (CI, session 6).
+        job_id = train_gan(svc, dataset_id, 1, PG_STEPS)
         wait_until(svc, job_id, lambda j: j["state"] == "running" and j["checkpoints"]
                    and j["progress"]["current"] >= j["checkpoints"][-1]["step"] + 2, timeout=120,
                    what="job running past its first checkpoint")
@@ -444,8 +447,8 @@ def test_postgres_restarted_during_a_job(request, tmp_path_factory, private_post
             time.sleep(0.2)
         job = wait_until(svc, job_id, finished, timeout=180, what="job after the Postgres restart")
         assert job["state"] == "succeeded", (job["error"], f"logs in {home}")
-        assert job["metrics"]["label1"]["step"] == 40
-        assert len(loss_history(svc, job, 1)) == 40
+        assert job["metrics"]["label1"]["step"] == PG_STEPS
+        assert len(loss_history(svc, job, 1)) == PG_STEPS
         # Progress writes are skipped while the database is away; a write it cannot skip (a
         # checkpoint's row) leaves the job to the reaper, never failed: one retry at most.
         print(f"Postgres restart: job done in {job['attempts']} attempt(s), "

@@ -169,6 +169,21 @@ def wait_state(page, state: str, timeout: float = 120) -> None:  # noqa: ANN001
     expect(page.locator("dl.facts .state")).to_contain_text(state, timeout=timeout * 1000)
 
 
+def wider_than(page, what: str) -> list[str]:
+    """Elements that stick out of the window (what="window") or of their enclosing <figure>
+    (what="figure"): tag, class and the overhang in px; empty when everything fits."""
+    return page.evaluate("""what => {
+      const out = [];
+      for (const el of document.querySelectorAll("main *")) {
+        const r = el.getBoundingClientRect();
+        if (!r.width) continue;
+        const box = what === "window" ? { right: document.documentElement.clientWidth } : el.parentElement.closest("figure")?.getBoundingClientRect();
+        if (box && r.right > box.right + 1) out.push(`${el.tagName.toLowerCase()}.${el.className} +${Math.round(r.right - box.right)}px`);
+      }
+      return out;
+    }""", what)
+
+
 def test_dashboard_end_to_end(keyed_service, browser, upload_zip, tmp_path):
     from playwright.sync_api import expect
 
@@ -405,8 +420,11 @@ def test_dashboard_end_to_end(keyed_service, browser, upload_zip, tmp_path):
         axe_check(page, "jobs, phone width", axe)
         shot(page, "jobs_phone", full_page=False)
         go(page, "Training")
-        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+        expect(page.locator("img[data-role=sample-grid]").first).to_have_attribute("src", re.compile("^blob:"), timeout=30_000)
+        page.locator("img[data-role=sample-grid]").first.evaluate("img => img.decode()")
+        assert not wider_than(page, "window"), wider_than(page, "window")
         page.set_viewport_size({"width": 1280, "height": 800})
+        assert not wider_than(page, "figure"), wider_than(page, "figure")  # the grids fit their cards
 
         # -- the key never travelled in a URL, and every /v1 call carried it
         for url, authorization in requests:
