@@ -43,7 +43,7 @@ FAULT_SEED = int(os.environ.get("HISTOSYNTH_TEST_FAULT_SEED", "20240607"))
 KILLS = 5
 STEPS = 60
 EVERY = 10  # checkpoint_every: the smallest the bounds allow
-PG_STEPS = 200  # the Postgres restart's job
+PG_STEPS = 100  # the Postgres restart's job: ~10 s on a quiet machine, a window no poll misses
 # Smaller than test_service_gan's TINY (3 blocks: 16 px out): ~5x cheaper a step, the same code.
 FAST = {"width": 1 / 64, "latent_dim": 16, "batch_size": 4, "fixed_samples": 2, "depth": 3}
 
@@ -420,7 +420,7 @@ def test_postgres_restarted_during_a_job(request, tmp_path_factory, private_post
         svc.start_api()
         dataset_id = ingest(svc, shared_data, tmp_path_factory.mktemp("faults_pg_slice"), per_label=10)
         (worker,) = live_workers(svc)
-        # 200 steps (a few seconds on a quiet machine): 40 could finish between two polls, before
+        # PG_STEPS, not 40: 40 steps could finish between two polls, before
         # the test saw the job past its first checkpoint (CI, session 6).
         job_id = train_gan(svc, dataset_id, 1, PG_STEPS)
         wait_until(svc, job_id, lambda j: j["state"] == "running" and j["checkpoints"]
