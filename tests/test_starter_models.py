@@ -106,7 +106,6 @@ def test_a_starter_that_does_not_match_its_manifest_is_refused(starters, tmp_pat
         install_starters(_settings(tmp_path), starters)
 
 
-
 def test_the_shipped_manifest_names_files_that_exist():
     manifest = load_manifest()
     if manifest is None:
