@@ -1,4 +1,6 @@
-"""GAN losses for MSG-GAN: WGAN-GP (the paper's choice) and relativistic average hinge.
+"""GAN losses for MSG-GAN: WGAN-GP (the paper's choice), relativistic average hinge, and the
+non-saturating logistic loss with an R1 penalty ("ns-r1", Mescheder et al. 2018,
+https://arxiv.org/abs/1801.04406; StyleGAN2's choice), offered for small CPU presets.
 
 The multi-scale gradient penalty: the discriminator sees a list of images (one per scale), so
 the WGAN-GP interpolate x_hat = alpha*real + (1-alpha)*fake is formed at every scale with one
@@ -45,6 +47,29 @@ def gradient_penalty(critic: Critic, reals: Images, fakes: Images,
     return (norms - 1.0).square().mean(), norms
 
 
+def r1_penalty(critic: Critic, reals: Images) -> tuple[torch.Tensor, torch.Tensor]:
+    """R1: mean over samples of ||grad_x D(x)||^2 at the reals, the norm over all scales together.
+
+    Returns (penalty, D(reals) as (N, 1)): the scores come from the same pass, so the caller
+    does not run D on the reals twice. The graph is kept (create_graph) so the penalty trains D.
+    """
+    x = [r.detach().float().requires_grad_(True) for r in reals]
+    scores = critic(x).float()
+    with input_grads_only():
+        grads = torch.autograd.grad(scores.sum(), x, create_graph=True)
+    return sum(g.float().square().sum(dim=(1, 2, 3)) for g in grads).mean(), scores
+
+
+def ns_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Logistic loss: -log sigmoid(D(real)) - log(1 - sigmoid(D(fake)))."""
+    return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+
+def ns_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating G loss: -log sigmoid(D(fake))."""
+    return F.softplus(-d_fake).mean()
+
+
 def wgan_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     return d_fake.mean() - d_real.mean()
 
@@ -73,8 +98,22 @@ def discriminator_loss(kind: str, critic: Critic, reals: Images, fakes: Images, 
     and the interpolates separately: minibatch-stddev couples samples, so one concatenated
     batch would be a different function. `gp_critic` (default `critic`) is the same D for the
     penalty's pass, which needs a double backward: a torch.compile'd `critic` has none.
+    For "ns-r1", `gp_lambda` is R1's gamma (the loss adds gamma/2 * R1) and the reals' scores
+    come from the penalty's pass; `alpha` is unused.
     """
     fakes = [f.detach() for f in fakes]
+    if kind == "ns-r1":
+        if gp_lambda > 0:
+            r1, d_real = r1_penalty(gp_critic or critic, reals)
+        else:
+            r1, d_real = torch.zeros((), device=fakes[0].device), critic(list(reals)).float()
+        d_fake = critic(fakes).float()
+        loss = ns_d_loss(d_real, d_fake) + 0.5 * gp_lambda * r1
+        if drift > 0:
+            loss = loss + drift * d_real.square().mean()
+        return loss, {"d_loss": loss.detach(), "gp": r1.detach(),
+                      "wasserstein": (d_real.mean() - d_fake.mean()).detach(),
+                      "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
     d_real = critic(list(reals)).float()
     d_fake = critic(fakes).float()
     if kind == "wgan-gp":
@@ -100,6 +139,8 @@ def generator_loss(kind: str, critic: Critic, fakes: Images, reals: Images | Non
     d_fake = critic(list(fakes)).float()
     if kind == "wgan-gp":
         return wgan_g_loss(d_fake)
+    if kind == "ns-r1":
+        return ns_g_loss(d_fake)
     if kind == "rahinge":
         if reals is None:
             raise ValueError("rahinge needs reals for the generator loss")

@@ -294,7 +294,7 @@ class Discriminator(nn.Module):
         return self.blocks_forward(images)[-1]
 
 
-LOSSES = ("wgan-gp", "rahinge")
+LOSSES = ("wgan-gp", "rahinge", "ns-r1")
 OPTIMIZERS = ("rmsprop", "adam")
 
 
@@ -309,7 +309,7 @@ class GanConfig:
     pixel_norm: bool = True          # MSG-GAN/ProGAN; the tables are silent
     mbstd_group: int = 4             # ProGAN; 0 = whole batch
     loss: str = "wgan-gp"            # paper: WGAN-GP for both networks
-    gp_lambda: float = 10.0          # WGAN-GP's lambda (applied for either loss when > 0)
+    gp_lambda: float = 10.0          # WGAN-GP's lambda (any loss when > 0); R1's gamma for "ns-r1"
     drift: float = 0.001             # ProGAN's eps * D(real)^2; 0 disables
     lr: float = 1e-4                 # paper
     batch_size: int = 16             # paper

@@ -1,11 +1,11 @@
-"""WGAN-GP with the multi-scale gradient penalty, and the relativistic hinge option."""
+"""WGAN-GP with the multi-scale gradient penalty, the relativistic hinge option and NS + R1."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.losses import (discriminator_loss, generator_loss, gradient_penalty, interpolate_scales,
-                           rahinge_d_loss, rahinge_g_loss)
+                           ns_d_loss, ns_g_loss, r1_penalty, rahinge_d_loss, rahinge_g_loss)
 from models.msggan import Discriminator, Generator
 
 SIZES = (4, 8, 16, 32, 64)
@@ -121,3 +121,35 @@ def test_relativistic_average_hinge_values():
     with pytest.raises(ValueError):
         discriminator_loss("nope", lambda x: x[0].sum((1, 2, 3))[:, None], pyramid(2, 0), pyramid(2, 1),
                            torch.rand(2, 1, 1, 1))
+
+
+def test_r1_is_the_squared_gradient_norm_at_the_reals_over_every_scale():
+    # same linear critic as above: grad w.r.t. scale s is c_s, so R1 = sum_s ||c_s||^2 exactly
+    coeffs = [torch.full((1, 3, s, s), 0.1 * (i + 1)) for i, s in enumerate(SIZES)]
+
+    def critic(images):
+        return sum((c * x).sum(dim=(1, 2, 3)) for c, x in zip(coeffs, images)).unsqueeze(1)
+
+    reals = pyramid(4, 0)
+    r1, scores = r1_penalty(critic, reals)
+    torch.testing.assert_close(r1, sum(c.square().sum() for c in coeffs))
+    torch.testing.assert_close(scores, critic(reals))
+
+
+def test_ns_r1_losses(tiny):
+    # logistic values: D = 0 everywhere gives log 2 per term
+    zeros = torch.zeros(3, 1)
+    assert ns_d_loss(zeros, zeros).item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
+    assert ns_g_loss(torch.tensor([[5.0]])).item() == pytest.approx(F.softplus(torch.tensor(-5.0)).item())
+    G, D = tiny
+    reals, fakes = pyramid(4, 0), G(torch.randn(4, 8))
+    loss, stats = discriminator_loss("ns-r1", D, reals, fakes, torch.rand(4, 1, 1, 1), gp_lambda=2.0)
+    d_real, d_fake = D(reals), D([f.detach() for f in fakes])
+    r1, _ = r1_penalty(D, reals)
+    torch.testing.assert_close(loss, ns_d_loss(d_real, d_fake) + 1.0 * r1)  # gamma/2 * R1
+    assert stats["gp"].item() > 0
+    loss.backward()
+    assert all(p.grad is None for p in G.parameters())  # the D loss does not train G
+    assert all(p.grad is not None for p in D.parameters())
+    g_loss = generator_loss("ns-r1", D, fakes)
+    torch.testing.assert_close(g_loss, F.softplus(-D(fakes)).mean())
