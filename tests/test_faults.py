@@ -36,7 +36,7 @@ import httpx
 import pytest
 
 from app.migrate import upgrade_head
-from tests.conftest import ROOT, Service, copy_patches, fresh_database, free_port, service_env, storage_backend
+from tests.conftest import FAST_GAN, ROOT, Service, copy_patches, fresh_database, free_port, service_env, storage_backend
 
 # A job's kill points: seeded, printed, and overridable to replay or explore another draw.
 FAULT_SEED = int(os.environ.get("HISTOSYNTH_TEST_FAULT_SEED", "20240607"))
@@ -44,8 +44,7 @@ KILLS = 5
 STEPS = 60
 EVERY = 10  # checkpoint_every: the smallest the bounds allow
 PG_STEPS = 100  # the Postgres restart's job: ~10 s on a quiet machine, a window no poll misses
-# Smaller than test_service_gan's TINY (3 blocks: 16 px out): ~5x cheaper a step, the same code.
-FAST = {"width": 1 / 64, "latent_dim": 16, "batch_size": 4, "fixed_samples": 2, "depth": 3}
+FAST = FAST_GAN
 
 
 # -- private servers -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import copy_patches
+from tests.conftest import FAST_GAN, copy_patches
 from tests.test_service_ingest import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,7 @@ def test_generation_and_training_bad_input(service, trained, real_slice, negativ
 @pytest.mark.worker_kill
 def test_sigkill_mid_training_resumes_from_last_checkpoint(service, real_slice):
     body = {"kind": "train_gan", "params": {"dataset_id": real_slice, "label": 0, "steps": 100,
-                                            "checkpoint_every": 10, "sample_every": 0, "overrides": TINY}}
+                                            "checkpoint_every": 10, "sample_every": 0, "overrides": FAST_GAN}}
     job_id = service.client.post("/v1/jobs", json=body).json()["id"]
     deadline = time.monotonic() + 180
     while True:
@@ -152,8 +152,8 @@ def test_sigterm_hands_the_running_job_back(service, real_slice):
     import os
     import signal
 
-    body = {"kind": "train_gan", "params": {"dataset_id": real_slice, "label": 1, "steps": 60,
-                                            "checkpoint_every": 10, "sample_every": 0, "overrides": TINY}}
+    body = {"kind": "train_gan", "params": {"dataset_id": real_slice, "label": 1, "steps": 100,
+                                            "checkpoint_every": 10, "sample_every": 0, "overrides": FAST_GAN}}
     job_id = service.client.post("/v1/jobs", json=body).json()["id"]
     deadline = time.monotonic() + 120
     while not (job := service.client.get(f"/v1/jobs/{job_id}").json())["checkpoints"]:
@@ -161,10 +161,10 @@ def test_sigterm_hands_the_running_job_back(service, real_slice):
         time.sleep(0.1)
     (worker,) = [w for w in service.workers if w.poll() is None]
     os.killpg(worker.pid, signal.SIGTERM)
-    worker.wait(60)  # a warm shutdown that returns promptly, not after 60 training steps
+    worker.wait(60)  # a warm shutdown that returns promptly, not after 100 training steps
     handed_back = service.client.get(f"/v1/jobs/{job_id}").json()
     assert handed_back["state"] == "queued" and handed_back["attempts"] == 0, handed_back
     service.start_worker()
     job = service.wait_job(job_id, timeout=300)
     assert job["state"] == "succeeded" and job["attempts"] == 1
-    assert job["metrics"]["label1"]["step"] == 60 and job["metrics"]["label1"]["resumed_from_step"] >= 10
+    assert job["metrics"]["label1"]["step"] == 100 and job["metrics"]["label1"]["resumed_from_step"] >= 10
