@@ -11,7 +11,9 @@ in this same process: an MSG-GAN trained on the training patients' IDC+ patches 
 holdout patients' IDC+ patches, beside the real floor (training patches against the same
 holdout). A config is `preset` or `preset:{json overrides}`; the overrides may hold `steps`,
 which replaces --steps for that config. --eval-at also scores each config at those earlier
-steps of the same training run (an FID-against-steps curve for the price of sampling). Each
+steps of the same training run (an FID-against-steps curve for the price of sampling), and
+--ema also scores EMA generators of other betas at every point (the bench keeps them beside
+the trainer's; the training is the same whatever the beta, so one run scores them all). Each
 config's sample grid is written to --out. --jobs N trains N configs at once in separate
 processes, one thread each (scores are the same: every config is seeded). The last line is one
 JSON object.
@@ -20,6 +22,7 @@ JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import multiprocessing as mp
@@ -82,18 +85,31 @@ def parse_config(text: str, default_steps: int) -> tuple[str, dict, int]:
 
 
 def train_and_sample(preset: str, overrides: dict, steps: int, eval_at: list[int], n: int, seed: int,
-                     gan_train: np.ndarray) -> dict:
+                     gan_train: np.ndarray, extra_ema: tuple[float, ...] = ()) -> dict:
     """Train one config to `steps`, sampling n patches of the EMA generator at every eval point:
-    {"samples": {step: (uint8 patches, training seconds so far)}, "grid", "last_losses", "threads"}."""
+    {"samples": {point: (uint8 patches, training seconds so far)}, "grid", "last_losses",
+    "threads"}, a point being the step, or "step@ema<beta>" for an `extra_ema` average."""
     config = config_from(preset, overrides)
     trainer = GanTrainer(config, gan_train)
+    # Extra EMAs of G kept here, beside the trainer's own: the training is the same whatever the
+    # EMA's beta, so one run scores every beta (ema <- beta * ema + (1 - beta) * G, each step).
+    emas = {beta: copy.deepcopy(trainer.G).requires_grad_(False) for beta in extra_ema}
     train_s, samples = 0.0, {}
     for target in sorted({*[s for s in eval_at if 0 < s < steps], steps}):
         t0 = time.perf_counter()
-        trainer.train(target)
+        if not emas:
+            trainer.train(target)
+        while trainer.step < target and emas:
+            trainer.train(trainer.step + 1)
+            with torch.no_grad():
+                for beta, ema in emas.items():
+                    torch._foreach_lerp_(list(ema.parameters()), list(trainer.G.parameters()), 1.0 - beta)
         train_s += time.perf_counter() - t0
-        G = build_generator_from_state(config.to_dict(), trainer.ema_generator_state())
-        samples[target] = (np.concatenate(list(iter_samples(G, n, seed=seed, size=50))), train_s)
+        states = {str(target): trainer.ema_generator_state()}
+        states |= {f"{target}@ema{beta}": ema.state_dict() for beta, ema in emas.items()}
+        for point, state in states.items():
+            G = build_generator_from_state(config.to_dict(), state)
+            samples[point] = (np.concatenate(list(iter_samples(G, n, seed=seed, size=50))), train_s)
     trainer.close()
     return {"samples": samples, "grid": sample_grid_png(trainer.sample_fixed()),
             "last_losses": trainer.history[-1], "threads": torch.get_num_threads()}
@@ -113,6 +129,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "bench_cache")
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "preset_fid")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--ema", type=float, nargs="*", default=[],
+                    help="also score EMA generators with these betas at every eval point (same training)")
     ap.add_argument("--jobs", type=int, default=1, help="train this many configs at once, one thread each")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -151,18 +169,21 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             futures = {pool.submit(train_and_sample, preset, overrides, steps, args.eval_at, args.n, args.seed,
-                                   gan_train): text for text, preset, overrides, steps in runs}
+                                   gan_train, tuple(args.ema)): text for text, preset, overrides, steps in runs}
             done = {futures[f]: f.result() for f in as_completed(futures)}
         trained = [(text, steps, done[text]) for text, _, _, steps in runs]
     else:
-        trained = ((text, steps, train_and_sample(preset, overrides, steps, args.eval_at, args.n, args.seed, gan_train))
+        trained = ((text, steps, train_and_sample(preset, overrides, steps, args.eval_at, args.n, args.seed, gan_train,
+                                                  tuple(args.ema)))
                    for text, preset, overrides, steps in runs)
     for text, steps, run in trained:
         curve = {}
         for target, (fake, train_s) in run["samples"].items():
-            metrics = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
-            curve[target] = {"fid": metrics["fid"]["fid"], "density": metrics["density_coverage"]["density"],
-                             "coverage": metrics["density_coverage"]["coverage"], "train_s": round(train_s, 1)}
+            scored = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
+            if "@" not in target:  # the trainer's own EMA: the config's result is its last point
+                metrics = scored
+            curve[target] = {"fid": scored["fid"]["fid"], "density": scored["density_coverage"]["density"],
+                             "coverage": scored["density_coverage"]["coverage"], "train_s": round(train_s, 1)}
             log(f"{text} @ {target}: FID {curve[target]['fid']:.2f}, density {curve[target]['density']:.3f}, "
                 f"coverage {curve[target]['coverage']:.3f}, {train_s:.0f} s")
         name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
