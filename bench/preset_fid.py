@@ -161,41 +161,46 @@ def main() -> None:
               "features": extractor.identity, "real_floor": floor, "configs": {}}
     log(f"real floor: FID {floor['fid']['fid']:.2f}")
     runs = [(text, *parse_config(text, args.steps)) for text in args.configs]
+    scored: dict[str, dict] = {}
+
+    def score(text: str, steps: int, run: dict) -> None:
+        curve, metrics = {}, None
+        for point, (fake, train_s) in run["samples"].items():
+            values = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
+            if "@" not in point:  # the trainer's own EMA: the config's result is its last point
+                metrics = values
+            curve[point] = {"fid": values["fid"]["fid"], "density": values["density_coverage"]["density"],
+                            "coverage": values["density_coverage"]["coverage"], "train_s": round(train_s, 1)}
+            log(f"{text} @ {point}: FID {curve[point]['fid']:.2f}, density {curve[point]['density']:.3f}, "
+                f"coverage {curve[point]['coverage']:.3f}, {train_s:.0f} s")
+        name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
+        name = name.replace(",", "_")
+        (args.out / f"{name}.png").write_bytes(run["grid"])
+        train_s = curve[str(steps)]["train_s"]
+        scored[text] = {"steps": steps, "metrics": metrics, "train_s": train_s,
+                        "s_per_step": round(train_s / steps, 4), "grid": f"{name}.png",
+                        "curve": curve, "last_losses": run["last_losses"], "threads": run["threads"]}
+        log(f"{text}: FID {metrics['fid']['fid']:.2f} (floor {floor['fid']['fid']:.2f}), "
+            f"density {metrics['density_coverage']['density']:.3f}, coverage {metrics['density_coverage']['coverage']:.3f}, "
+            f"{train_s:.0f} s")
+        result["configs"] = {t: scored[t] for t, *_ in runs if t in scored}  # in the order asked
+        (args.out / "result.json").write_text(json.dumps(result, indent=1))
+
     if args.jobs > 1:
         # Each config trains in its own process on one thread: on 2 cores two 1-thread trainings
-        # finish sooner than two 2-thread trainings in turn (see the campaigns below in
-        # BENCHMARKS.md); the scoring stays here, with the one extractor.
+        # finish sooner than two 2-thread trainings in turn; the scoring stays here, with the one
+        # extractor, as each training ends.
         torch.set_num_threads(1)
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             futures = {pool.submit(train_and_sample, preset, overrides, steps, args.eval_at, args.n, args.seed,
-                                   gan_train, tuple(args.ema)): text for text, preset, overrides, steps in runs}
-            done = {futures[f]: f.result() for f in as_completed(futures)}
-        trained = [(text, steps, done[text]) for text, _, _, steps in runs]
+                                   gan_train, tuple(args.ema)): (text, steps) for text, preset, overrides, steps in runs}
+            for future in as_completed(futures):
+                score(*futures[future], future.result())
     else:
-        trained = ((text, steps, train_and_sample(preset, overrides, steps, args.eval_at, args.n, args.seed, gan_train,
-                                                  tuple(args.ema)))
-                   for text, preset, overrides, steps in runs)
-    for text, steps, run in trained:
-        curve = {}
-        for target, (fake, train_s) in run["samples"].items():
-            scored = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
-            if "@" not in target:  # the trainer's own EMA: the config's result is its last point
-                metrics = scored
-            curve[target] = {"fid": scored["fid"]["fid"], "density": scored["density_coverage"]["density"],
-                             "coverage": scored["density_coverage"]["coverage"], "train_s": round(train_s, 1)}
-            log(f"{text} @ {target}: FID {curve[target]['fid']:.2f}, density {curve[target]['density']:.3f}, "
-                f"coverage {curve[target]['coverage']:.3f}, {train_s:.0f} s")
-        name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
-        name = name.replace(",", "_")
-        (args.out / f"{name}.png").write_bytes(run["grid"])
-        result["configs"][text] = {"steps": steps, "metrics": metrics, "train_s": round(train_s, 1),
-                                   "s_per_step": round(train_s / steps, 4), "grid": f"{name}.png",
-                                   "curve": curve, "last_losses": run["last_losses"], "threads": run["threads"]}
-        log(f"{text}: FID {metrics['fid']['fid']:.2f} (floor {floor['fid']['fid']:.2f}), "
-            f"density {metrics['density_coverage']['density']:.3f}, coverage {metrics['density_coverage']['coverage']:.3f}, "
-            f"{train_s:.0f} s")
-        (args.out / "result.json").write_text(json.dumps(result, indent=1))
+        for text, preset, overrides, steps in runs:
+            score(text, steps, train_and_sample(preset, overrides, steps, args.eval_at, args.n, args.seed, gan_train,
+                                                tuple(args.ema)))
     print(json.dumps(result))
 
 
