@@ -113,7 +113,7 @@ FLAG = Allowed(flag=True)
 GAN_OVERRIDES: dict[str, Allowed] = {
     "latent_dim": _int(1, 1024), "width": Allowed(1 / 64, 2), "depth": _int(2, 8),
     "equalized_lr": FLAG, "pixel_norm": FLAG, "mbstd_group": _int(0, 64),
-    "loss": Allowed(choices=("wgan-gp", "rahinge")), "gp_lambda": Allowed(0, 1000), "drift": Allowed(0, 1),
+    "loss": Allowed(choices=("wgan-gp", "rahinge", "ns-r1")), "gp_lambda": Allowed(0, 1000), "drift": Allowed(0, 1),
     "lr": Allowed(1e-8, 1), "batch_size": _int(1, 1024), "n_critic": _int(1, 10),
     "optimizer": Allowed(choices=("rmsprop", "adam")), "adam_beta1": Allowed(0, 0.99999),
     "adam_beta2": Allowed(0, 0.99999), "ema_beta": Allowed(0, 0.99999), "fixed_samples": _int(1, 256),

@@ -15,8 +15,9 @@ steps of the same training run (an FID-against-steps curve for the price of samp
 --ema also scores EMA generators of other betas at every point (the bench keeps them beside
 the trainer's; the training is the same whatever the beta, so one run scores them all). Each
 config's sample grid is written to --out. --jobs N trains N configs at once in separate
-processes, one thread each (scores are the same: every config is seeded). The last line is one
-JSON object.
+processes, one thread each (scores are the same: every config is seeded). --seeds trains every
+config once per GAN seed and adds FID's mean and sd over the seeds (`over_seeds`): at CPU scale
+one seed's FID is not a ranking (BENCHMARKS.md, campaign 9). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -123,7 +124,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="synthetic samples per config")
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--classifier-share", type=float, default=0.2, help="patients for the domain classifier")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the split's, classifier's and sampling's seed")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[],
+                    help="train every config once per GAN seed and report FID mean and sd over them")
     ap.add_argument("--classifier-epochs", type=int, default=3)
     ap.add_argument("--classifier-patches", type=int, default=6000, help="training patches for the domain ResNet18")
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "bench_cache")
@@ -161,6 +164,9 @@ def main() -> None:
               "features": extractor.identity, "real_floor": floor, "configs": {}}
     log(f"real floor: FID {floor['fid']['fid']:.2f}")
     runs = [(text, *parse_config(text, args.steps)) for text in args.configs]
+    if args.seeds:  # every config once per GAN seed: "text#seed<s>"
+        runs = [(f"{text}#seed{seed}", preset, {**overrides, "seed": seed}, steps)
+                for text, preset, overrides, steps in runs for seed in args.seeds]
     scored: dict[str, dict] = {}
 
     def score(text: str, steps: int, run: dict) -> None:
@@ -201,7 +207,26 @@ def main() -> None:
         for text, preset, overrides, steps in runs:
             score(text, steps, train_and_sample(preset, overrides, steps, args.eval_at, args.n, args.seed, gan_train,
                                                 tuple(args.ema)))
+    if args.seeds:
+        result["over_seeds"] = over_seeds(scored, args.configs, args.seeds)
+        for text, points in result["over_seeds"].items():
+            for point, v in points.items():
+                log(f"{text} @ {point} over seeds {args.seeds}: FID mean {v['fid_mean']:.2f}, sd {v['fid_sd']:.2f}")
+        (args.out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
+
+
+def over_seeds(scored: dict[str, dict], configs: list[str], seeds: list[int]) -> dict:
+    """Per config and eval point: FID mean, sample sd (ddof 1) and the per-seed values."""
+    out: dict[str, dict] = {}
+    for text in configs:
+        curves = [scored[f"{text}#seed{seed}"]["curve"] for seed in seeds]
+        out[text] = {}
+        for point in curves[0]:
+            fids = np.array([c[point]["fid"] for c in curves])
+            out[text][point] = {"fid_mean": float(fids.mean()), "fid_sd": float(fids.std(ddof=1)) if len(fids) > 1 else 0.0,
+                                "fids": fids.tolist()}
+    return out
 
 
 if __name__ == "__main__":
