@@ -98,13 +98,14 @@ def train_and_sample(preset: str, overrides: dict, steps: int, eval_at: list[int
     train_s, samples = 0.0, {}
     for target in sorted({*[s for s in eval_at if 0 < s < steps], steps}):
         t0 = time.perf_counter()
-        if not emas:
+        if emas:
+            while trainer.step < target:
+                trainer.train(trainer.step + 1)
+                with torch.no_grad():
+                    for beta, ema in emas.items():
+                        torch._foreach_lerp_(list(ema.parameters()), list(trainer.G.parameters()), 1.0 - beta)
+        else:
             trainer.train(target)
-        while trainer.step < target and emas:
-            trainer.train(trainer.step + 1)
-            with torch.no_grad():
-                for beta, ema in emas.items():
-                    torch._foreach_lerp_(list(ema.parameters()), list(trainer.G.parameters()), 1.0 - beta)
         train_s += time.perf_counter() - t0
         states = {str(target): trainer.ema_generator_state()}
         states |= {f"{target}@ema{beta}": ema.state_dict() for beta, ema in emas.items()}

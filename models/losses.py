@@ -102,28 +102,21 @@ def discriminator_loss(kind: str, critic: Critic, reals: Images, fakes: Images, 
     come from the penalty's pass; `alpha` is unused.
     """
     fakes = [f.detach() for f in fakes]
-    if kind == "ns-r1":
-        if gp_lambda > 0:
-            r1, d_real = r1_penalty(gp_critic or critic, reals)
-        else:
-            r1, d_real = torch.zeros((), device=fakes[0].device), critic(list(reals)).float()
-        d_fake = critic(fakes).float()
-        loss = ns_d_loss(d_real, d_fake) + 0.5 * gp_lambda * r1
-        if drift > 0:
-            loss = loss + drift * d_real.square().mean()
-        return loss, {"d_loss": loss.detach(), "gp": r1.detach(),
-                      "wasserstein": (d_real.mean() - d_fake.mean()).detach(),
-                      "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
-    d_real = critic(list(reals)).float()
+    gp = torch.zeros((), device=fakes[0].device)
+    if kind == "ns-r1" and gp_lambda > 0:
+        gp, d_real = r1_penalty(gp_critic or critic, reals)  # R1 and D(reals) from one pass
+    else:
+        d_real = critic(list(reals)).float()
     d_fake = critic(fakes).float()
     if kind == "wgan-gp":
         loss = wgan_d_loss(d_real, d_fake)
     elif kind == "rahinge":
         loss = rahinge_d_loss(d_real, d_fake)
+    elif kind == "ns-r1":
+        loss = ns_d_loss(d_real, d_fake) + 0.5 * gp_lambda * gp
     else:
         raise ValueError(f"unknown loss {kind!r}")
-    gp = torch.zeros((), device=d_real.device)
-    if gp_lambda > 0:
+    if kind != "ns-r1" and gp_lambda > 0:  # WGAN-GP's penalty at the interpolates
         gp, _ = gradient_penalty(gp_critic or critic, reals, fakes, alpha)
         loss = loss + gp_lambda * gp
     if drift > 0:  # keeps D(real) from drifting far from 0 (ProGAN)

@@ -44,7 +44,6 @@ KILLS = 5
 STEPS = 60
 EVERY = 10  # checkpoint_every: the smallest the bounds allow
 PG_STEPS = 100  # the Postgres restart's job: ~10 s on a quiet machine, a window no poll misses
-FAST = FAST_GAN
 
 
 # -- private servers -------------------------------------------------------------------------
@@ -213,7 +212,7 @@ def ingest(svc: Service, shared_data: Path, folder: Path, per_label: int) -> str
 
 def train_gan(svc: Service, dataset_id: str, label: int, steps: int) -> str:
     body = {"kind": "train_gan", "params": {"dataset_id": dataset_id, "label": label, "steps": steps,
-                                            "checkpoint_every": EVERY, "sample_every": 0, "overrides": FAST}}
+                                            "checkpoint_every": EVERY, "sample_every": 0, "overrides": FAST_GAN}}
     resp = svc.client.post("/v1/jobs", json=body)
     assert resp.status_code == 202, resp.text
     return resp.json()["id"]
@@ -365,7 +364,7 @@ def test_redis_restarted_during_a_job(faulty, private_redis):
         started = time.monotonic()
         resp = svc.client.post("/v1/jobs", json={"kind": "train_gan", "params": {
             "dataset_id": svc.dataset_id, "label": 0, "steps": 20, "checkpoint_every": EVERY, "sample_every": 0,
-            "overrides": FAST}})
+            "overrides": FAST_GAN}})
         submit_s = time.monotonic() - started
         print(f"POST /v1/jobs with Redis down: {resp.status_code} in {submit_s:.1f}s")
         # The row is written first; the lost wake-up message is the reaper's to re-send.
@@ -570,7 +569,7 @@ def test_checkpoint_write_killed_half_way_keeps_the_previous_one(tmp_path, one_t
 
     storage = Storage(tmp_path / "store")
     patches = np.random.default_rng(0).integers(0, 256, (16, 50, 50, 3), dtype=np.uint8)
-    config = config_from("cpu-small", FAST)
+    config = config_from("cpu-small", FAST_GAN)
     trainer = GanTrainer(config, patches)
     ctx = _Ctx(storage, "f" * 32)
     ckpts = _Checkpoints(ctx, "label1")
