@@ -86,13 +86,17 @@ class _Checkpoints:
             self.ctx.storage.delete(old)
 
     def resume(self, trainer: GanTrainer) -> int:
-        """Load the newest checkpoint that loads; a torn or foreign one is skipped, not fatal."""
+        """Load the newest checkpoint that loads; a torn or foreign one is skipped, not fatal.
+
+        The one loaded is (re)recorded: a worker killed between writing a checkpoint and
+        recording its row leaves an object the job resumes from but would never list."""
         for key in self.keys():
             try:
                 trainer.load_state_dict(read_state(self.ctx.storage, key))
-                return trainer.step
             except Exception:  # noqa: BLE001 - try the next older one
                 continue
+            self.ctx.add_checkpoint(self.name, trainer.step, key, self.ctx.storage.size(key))
+            return trainer.step
         return 0
 
 
