@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.asgi_send import on_response_start
 from app.db import session_scope
 from app.tables import AuditEvent
 
@@ -43,16 +44,14 @@ class AuditTrail:
             return
         seen: dict[str, Any] = {"status": 500, "location": None}
 
-        async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
-                for k, v in message.get("headers", []):
-                    if k.lower() == b"location":
-                        seen["location"] = v.decode("latin-1")
-            await send(message)
+        def watch(message: Message) -> None:
+            seen["status"] = message["status"]
+            for k, v in message.get("headers", []):
+                if k.lower() == b"location":
+                    seen["location"] = v.decode("latin-1")
 
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, receive, on_response_start(send, watch))
         finally:
             status = seen["status"]
             if scope["method"] in CHANGES or status in (401, 403):

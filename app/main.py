@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
 from app.admission import InflightGate, RateLimiter
+from app.asgi_send import on_response_start
 from app.audit_log import AuditTrail
 from app.auth import authenticate, require_admin_key
 from app.api.routes import (artifacts, audit, datasets, experiments, generations, health, jobs, models, predictions,
@@ -35,13 +36,11 @@ class RequestMetrics:
             return
         start, status = time.perf_counter(), ["500"]
 
-        async def send_with_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = str(message["status"])
-            await send(message)
+        def note_status(message: Message) -> None:
+            status[0] = str(message["status"])
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, on_response_start(send, note_status))
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             HTTP_REQUESTS.labels(scope["method"], path, status[0]).inc()

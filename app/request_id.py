@@ -11,6 +11,8 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.asgi_send import on_response_start
+
 HEADER = "x-request-id"
 _VALID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 current: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -33,13 +35,11 @@ class RequestId:
         scope.setdefault("state", {})["request_id"] = rid
         token = current.set(rid)
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()]
-                message = {**message, "headers": [*headers, (HEADER.encode(), rid.encode())]}
-            await send(message)
+        def with_id(message: Message) -> Message:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()]
+            return {**message, "headers": [*headers, (HEADER.encode(), rid.encode())]}
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, on_response_start(send, with_id))
         finally:
             current.reset(token)
