@@ -27,7 +27,9 @@ import copy
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -83,6 +85,19 @@ def parse_config(text: str, default_steps: int) -> tuple[str, dict, int]:
     preset, _, overrides = text.partition(":")
     fields = json.loads(overrides) if overrides else {}
     return preset, fields, int(fields.pop("steps", default_steps))
+
+
+def one_thread_child(parent: int) -> None:
+    """A pool process: one torch thread, and gone when the bench is (a killed parent leaves
+    its spawned children training otherwise, on the cores the next run needs)."""
+    torch.set_num_threads(1)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 def train_and_sample(preset: str, overrides: dict, steps: int, eval_at: list[int], n: int, seed: int,
@@ -199,7 +214,7 @@ def main() -> None:
         # extractor, as each training ends.
         torch.set_num_threads(1)
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                                 initializer=one_thread_child, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(train_and_sample, preset, overrides, steps, args.eval_at, args.n, args.seed,
                                    gan_train, tuple(args.ema)): (text, steps) for text, preset, overrides, steps in runs}
             for future in as_completed(futures):
