@@ -17,7 +17,10 @@ the trainer's; the training is the same whatever the beta, so one run scores the
 config's sample grid is written to --out. --jobs N trains N configs at once in separate
 processes, one thread each (scores are the same: every config is seeded). --seeds trains every
 config once per GAN seed and adds FID's mean and sd over the seeds (`over_seeds`): at CPU scale
-one seed's FID is not a ranking (BENCHMARKS.md, campaign 9). The last line is one JSON object.
+one seed's FID is not a ranking (BENCHMARKS.md, campaign 9). --classifier-seeds also scores
+every sample set in the features of domain classifiers trained with other seeds (FID in each,
+`fid_by_classifier`, and its mean over GAN seeds): nor is one classifier's (campaign 12).
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -68,17 +71,25 @@ def split_patients(patients: np.ndarray, holdout: float, seed: int) -> np.ndarra
     return np.isin(patients, held)
 
 
-def domain_classifier(patches, labels, cache: Path, key: str, epochs: int):  # noqa: ANN001, ANN201
-    path = cache / f"domain_{key}.pt"
+def domain_classifier(patches, labels, cache: Path, key: str, epochs: int,  # noqa: ANN001, ANN201
+                      classifier_seed: int = 0):
+    # Seed 0 keeps the cache name campaigns 1-13 used; other seeds train other classifiers on
+    # the same patients (the features FID is measured in, one per seed).
+    path = cache / (f"domain_{key}.pt" if classifier_seed == 0 else f"domain_{key}_cs{classifier_seed}.pt")
     if not path.is_file():
         cfg = classifier_config({"weights": "none", "mode": "finetune", "input_size": 64, "epochs": epochs,
-                                 "batch_size": 64, "seed": 0})
+                                 "batch_size": 64, "seed": classifier_seed})
         model, _ = train_classifier(cfg, patches, labels)
         cache.mkdir(parents=True, exist_ok=True)
         torch.save(classifier_state(model, cfg), path)
     model, cfg = load_classifier(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return domain_extractor(model, cfg.input_size, {"model": path.name, "sha256": digest})
+
+
+def fid_in(extractor, real_feats: torch.Tensor, fake: np.ndarray, seed: int) -> float:  # noqa: ANN001
+    """FID of `fake` patches against real features, in `extractor`'s feature space."""
+    return all_metrics.compute(["fid"], real=real_feats, fake=extractor(fake), seed=seed)["fid"]["fid"]
 
 
 def parse_config(text: str, default_steps: int) -> tuple[str, dict, int]:
@@ -143,6 +154,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the split's, classifier's and sampling's seed")
     ap.add_argument("--seeds", type=int, nargs="*", default=[],
                     help="train every config once per GAN seed and report FID mean and sd over them")
+    ap.add_argument("--classifier-seeds", type=int, nargs="*", default=[],
+                    help="also score every sample set in the features of domain classifiers trained with these "
+                         "seeds (FID in each, `fid_by_classifier`): a ranking that holds in one classifier's "
+                         "features only is not a ranking")
     ap.add_argument("--classifier-epochs", type=int, default=3)
     ap.add_argument("--classifier-patches", type=int, default=6000, help="training patches for the domain ResNet18")
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "bench_cache")
@@ -165,20 +180,29 @@ def main() -> None:
     t0 = time.perf_counter()
     cls_all = np.flatnonzero(for_classifier)
     cls_rows = cls_all[sample_rows(len(cls_all), args.classifier_patches, args.seed)]
-    extractor = domain_classifier(patches[cls_rows], labels[cls_rows], args.cache,
-                                  f"s{args.seed}_h{args.holdout}_c{args.classifier_share}_e{args.classifier_epochs}"
-                                  f"_n{len(cls_rows)}", args.classifier_epochs)
-    log(f"domain classifier ready in {time.perf_counter() - t0:.0f} s")
+    cache_key = f"s{args.seed}_h{args.holdout}_c{args.classifier_share}_e{args.classifier_epochs}_n{len(cls_rows)}"
+    extractor = domain_classifier(patches[cls_rows], labels[cls_rows], args.cache, cache_key, args.classifier_epochs)
+    others = {c: domain_classifier(patches[cls_rows], labels[cls_rows], args.cache, cache_key, args.classifier_epochs, c)
+              for c in args.classifier_seeds if c != 0}
+    log(f"domain classifiers ready in {time.perf_counter() - t0:.0f} s")
     gan_train = patches[train_rows[labels[train_rows] == 1]]
     holdout = patches[hold_rows[labels[hold_rows] == 1]]
     hold_feats = extractor(holdout)
     floor_feats = extractor(gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed)])
     floor = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=floor_feats, seed=args.seed)
+    other_feats = {c: ex(holdout) for c, ex in others.items()}
+    other_floors = {c: fid_in(ex, other_feats[c], gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)),
+                                                                        args.seed)], args.seed)
+                    for c, ex in others.items()}
     result = {"bench": "preset_fid", "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
               "n_gan_train": len(gan_train), "holdout_patients": int(len(set(patients[held].tolist()))),
               "classifier_patients": int(len(set(patients[for_classifier].tolist()))),
               "features": extractor.identity, "real_floor": floor, "configs": {}}
-    log(f"real floor: FID {floor['fid']['fid']:.2f}")
+    if others:
+        result["other_classifiers"] = {str(c): {"features": ex.identity, "real_floor_fid": other_floors[c]}
+                                       for c, ex in others.items()}
+    log(f"real floor: FID {floor['fid']['fid']:.2f}"
+        + "".join(f"; classifier seed {c}: {v:.2f}" for c, v in other_floors.items()))
     runs = [(text, *parse_config(text, args.steps)) for text in args.configs]
     if args.seeds:  # every config once per GAN seed: "text#seed<s>"
         runs = [(f"{text}#seed{seed}", preset, {**overrides, "seed": seed}, steps)
@@ -193,8 +217,12 @@ def main() -> None:
                 metrics = values
             curve[point] = {"fid": values["fid"]["fid"], "density": values["density_coverage"]["density"],
                             "coverage": values["density_coverage"]["coverage"], "train_s": round(train_s, 1)}
+            if others:
+                curve[point]["fid_by_classifier"] = {str(c): fid_in(ex, other_feats[c], fake, args.seed)
+                                                     for c, ex in others.items()}
             log(f"{text} @ {point}: FID {curve[point]['fid']:.2f}, density {curve[point]['density']:.3f}, "
-                f"coverage {curve[point]['coverage']:.3f}, {train_s:.0f} s")
+                f"coverage {curve[point]['coverage']:.3f}, {train_s:.0f} s"
+                + "".join(f"; FID in classifier {c}: {v:.2f}" for c, v in curve[point].get("fid_by_classifier", {}).items()))
         name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
         name = name.replace(",", "_")
         (args.out / f"{name}.png").write_bytes(run["grid"])
@@ -242,6 +270,10 @@ def over_seeds(scored: dict[str, dict], configs: list[str], seeds: list[int]) ->
             fids = np.array([c[point]["fid"] for c in curves])
             out[text][point] = {"fid_mean": float(fids.mean()), "fid_sd": float(fids.std(ddof=1)) if len(fids) > 1 else 0.0,
                                 "fids": fids.tolist()}
+            if "fid_by_classifier" in curves[0][point]:
+                out[text][point]["fid_mean_by_classifier"] = {
+                    c: float(np.mean([cv[point]["fid_by_classifier"][c] for cv in curves]))
+                    for c in curves[0][point]["fid_by_classifier"]}
     return out
 
 
