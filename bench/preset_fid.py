@@ -188,12 +188,10 @@ def main() -> None:
     gan_train = patches[train_rows[labels[train_rows] == 1]]
     holdout = patches[hold_rows[labels[hold_rows] == 1]]
     hold_feats = extractor(holdout)
-    floor_feats = extractor(gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed)])
-    floor = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=floor_feats, seed=args.seed)
+    floor_patches = gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed)]
+    floor = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(floor_patches), seed=args.seed)
     other_feats = {c: ex(holdout) for c, ex in others.items()}
-    other_floors = {c: fid_in(ex, other_feats[c], gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)),
-                                                                        args.seed)], args.seed)
-                    for c, ex in others.items()}
+    other_floors = {c: fid_in(ex, other_feats[c], floor_patches, args.seed) for c, ex in others.items()}
     result = {"bench": "preset_fid", "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
               "n_gan_train": len(gan_train), "holdout_patients": int(len(set(patients[held].tolist()))),
               "classifier_patients": int(len(set(patients[for_classifier].tolist()))),

@@ -12,11 +12,10 @@ from app.storage import Storage
 from app.tables import Checkpoint
 from models.gan_trainer import GanTrainer
 from models.msggan import config_from
+from tests.conftest import FAST_GAN
 from worker.context import JobContext
 from worker.models_store import put_state
 from worker.train_gan import _Checkpoints
-
-TINY = {"width": 1 / 64, "latent_dim": 16, "batch_size": 4, "fixed_samples": 2, "depth": 3}
 
 
 def rows(url: str, job_id: str) -> list[tuple[str, int, str, int]]:
@@ -33,7 +32,8 @@ def test_resume_records_a_checkpoint_whose_row_the_killed_worker_never_wrote(tmp
         job_id = jobs.create_job(s, "train_gan", {})[0].id
     ctx = JobContext(settings, job_id, "train_gan", {}, "w:1:a", 1)
     patches = np.random.default_rng(0).integers(0, 256, (8, 50, 50, 3), dtype=np.uint8)
-    first = GanTrainer(config_from("paper", TINY), patches)
+    config = config_from("paper", FAST_GAN)
+    first = GanTrainer(config, patches)
     ckpts = _Checkpoints(ctx, "label1")
     first.train(2)
     ckpts.save(first)  # recorded: the normal path
@@ -43,9 +43,12 @@ def test_resume_records_a_checkpoint_whose_row_the_killed_worker_never_wrote(tmp
     size = put_state(ctx.storage, orphan, first.state_dict())
     assert [r[1] for r in rows(url, job_id)] == [2]
 
-    resumed = GanTrainer(config_from("paper", TINY), patches)
+    resumed = GanTrainer(config, patches)
     assert _Checkpoints(ctx, "label1").resume(resumed) == 4
     assert rows(url, job_id)[-1] == ("label1", 4, orphan, size)
     # Recording is idempotent: a second resume adds nothing.
-    _Checkpoints(ctx, "label1").resume(GanTrainer(config_from("paper", TINY), patches))
+    again = GanTrainer(config, patches)
+    _Checkpoints(ctx, "label1").resume(again)
     assert [r[1] for r in rows(url, job_id)] == [2, 4]
+    for trainer in (first, resumed, again):
+        trainer.close()
