@@ -18,15 +18,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["epoch_order", "batch_positions", "BatchLoader", "real_pyramid"]
+__all__ = ["epoch_order", "epoch_dihedral", "dihedral", "batch_positions", "BatchLoader", "real_pyramid"]
 
 _EPOCH_SEED_STRIDE = 1_000_003  # a prime: (seed, epoch) pairs never share a generator seed in practice
+_DIHEDRAL_SALT = 2 ** 40  # keeps the transforms' generator apart from the order's
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of `n` patches for epoch `epoch` (int64, CPU)."""
     g = torch.Generator().manual_seed((int(seed) * _EPOCH_SEED_STRIDE + int(epoch)) % (2 ** 63))
     return torch.randperm(n, generator=g)
+
+
+def epoch_dihedral(n: int, seed: int, epoch: int) -> np.ndarray:
+    """One of the 8 flips/rotations (0-7) for each position of epoch `epoch`: like the order, a
+    pure function of (seed, epoch), so a resumed run sees the same transformed batches."""
+    g = torch.Generator().manual_seed((int(seed) * _EPOCH_SEED_STRIDE + int(epoch) + _DIHEDRAL_SALT) % (2 ** 63))
+    return torch.randint(0, 8, (n,), generator=g).numpy()
+
+
+def dihedral(batch: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Patch i of (B, S, S, C) rotated by (codes[i] % 4) quarter turns, then mirrored left-right
+    when codes[i] >= 4; in place, one vectorised copy per distinct code."""
+    for code in np.unique(codes):
+        rows = np.flatnonzero(codes == code)
+        moved = np.rot90(batch[rows], k=int(code) % 4, axes=(1, 2))
+        batch[rows] = moved[:, :, ::-1] if code >= 4 else moved
+    return batch
 
 
 def batch_positions(n: int, batch_size: int, epoch: int, position: int) -> Iterator[tuple[int, int]]:
@@ -67,18 +85,24 @@ class BatchLoader:
     batches in advance (into page-locked memory when `pin`, so the copy to the GPU can run
     asynchronously); with `ahead == 0` each batch is gathered when asked for. Both give the
     same batches. `epoch`/`position` always describe the batches handed out, not those read ahead.
+    With `augment_dihedral` each patch comes in the flip/rotation `epoch_dihedral` gives its
+    position (square patches only).
     """
 
     def __init__(self, images, batch_size: int, seed: int, epoch: int = 0, position: int = 0,  # noqa: ANN001
-                 ahead: int = 0, pin: bool = False) -> None:
+                 ahead: int = 0, pin: bool = False, augment_dihedral: bool = False) -> None:
         self.images, self.batch_size, self.seed = images, int(batch_size), int(seed)
         self.n = len(images)
         if self.n < self.batch_size:
             raise ValueError(f"need at least batch_size={batch_size} images, got {self.n}")
+        if augment_dihedral and images.shape[1] != images.shape[2]:
+            raise ValueError(f"dihedral augmentation needs square patches, got {images.shape[1]}x{images.shape[2]}")
+        self.augment_dihedral = augment_dihedral
         self.epoch, self.position = int(epoch), int(position)
         self.pin = pin and torch.cuda.is_available()
         self._positions = batch_positions(self.n, self.batch_size, self.epoch, self.position)
         self._order_epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+        self._codes = np.zeros(0, dtype=np.int64)
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,9 +114,13 @@ class BatchLoader:
     def _gather(self, epoch: int, start: int) -> torch.Tensor:
         if epoch != self._order_epoch:
             self._order_epoch, self._order = epoch, epoch_order(self.n, self.seed, epoch)
+            if self.augment_dihedral:
+                self._codes = epoch_dihedral(self.n, self.seed, epoch)
         idx = self._order[start:start + self.batch_size].numpy()
         out = torch.empty((self.batch_size, *self.images.shape[1:]), dtype=torch.uint8, pin_memory=self.pin)
         out.numpy()[...] = self.images[idx]
+        if self.augment_dihedral:
+            dihedral(out.numpy(), self._codes[start:start + self.batch_size])
         return out
 
     def _fill(self) -> None:

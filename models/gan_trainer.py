@@ -93,7 +93,8 @@ class GanTrainer:
 
     def _make_loader(self, epoch: int, position: int) -> BatchLoader:
         return BatchLoader(self.images, self.config.batch_size, self.config.seed, epoch, position,
-                           ahead=self.speed.read_ahead, pin=self.device.type == "cuda")
+                           ahead=self.speed.read_ahead, pin=self.device.type == "cuda",
+                           augment_dihedral=self.config.augment == "dihedral")
 
     @property
     def epoch(self) -> int:
@@ -302,7 +303,9 @@ class GanTrainer:
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r})")
-        if state["config"] != self.config.to_dict():
+        # A field added since the checkpoint was written takes its default, which is what the
+        # run it comes from did (e.g. `augment`).
+        if {**GanConfig().to_dict(), **state["config"]} != self.config.to_dict():
             raise ValueError("checkpoint was made with a different GAN config")
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])

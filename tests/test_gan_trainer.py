@@ -250,3 +250,52 @@ def test_checkpoint_of_another_format_is_refused(patches):
     state["format"] = "histosynth.gan/1"
     with pytest.raises(ValueError, match="not a histosynth.gan/2 checkpoint"):
         tiny_trainer(patches).load_state_dict(state)
+
+
+def test_dihedral_gives_the_eight_flips_and_rotations():
+    from models.gan_data import dihedral
+
+    patch = np.arange(3 * 3 * 1, dtype=np.uint8).reshape(1, 3, 3, 1)
+    images = [dihedral(patch.copy(), np.array([code]))[0, :, :, 0] for code in range(8)]
+    assert len({im.tobytes() for im in images}) == 8  # an asymmetric patch: 8 distinct images
+    np.testing.assert_array_equal(images[0], patch[0, :, :, 0])
+    np.testing.assert_array_equal(images[1], np.rot90(patch[0, :, :, 0]))
+    np.testing.assert_array_equal(images[4], patch[0, :, ::-1, 0])
+    batch = np.repeat(patch, 3, axis=0)  # several codes in one batch, each row its own
+    out = dihedral(batch.copy(), np.array([2, 0, 5]))
+    for row, code in zip(out, (2, 0, 5)):
+        np.testing.assert_array_equal(row[:, :, 0], images[code])
+
+
+def test_dihedral_augmentation_is_seeded_resumable_and_off_by_default(patches):
+    from models.gan_data import BatchLoader, epoch_dihedral, epoch_order
+
+    codes = epoch_dihedral(10, 3, 0)
+    assert codes.shape == (10,) and set(codes.tolist()) <= set(range(8))
+    np.testing.assert_array_equal(codes, epoch_dihedral(10, 3, 0))
+    assert not np.array_equal(epoch_dihedral(1000, 3, 0), epoch_dihedral(1000, 3, 1))
+    plain, augmented = BatchLoader(patches, 4, seed=3), BatchLoader(patches, 4, seed=3, augment_dihedral=True)
+    a, b = plain.next().numpy(), augmented.next().numpy()
+    order = epoch_order(10, 3, 0)[:4].numpy()
+    np.testing.assert_array_equal(a, patches[order])  # off: the patches as stored
+    for got, original, code in zip(b, patches[order], codes[:4]):
+        moved = np.rot90(original, k=int(code) % 4)
+        np.testing.assert_array_equal(got, moved[:, ::-1] if code >= 4 else moved)
+    with pytest.raises(ValueError, match="square"):
+        BatchLoader(np.zeros((8, 4, 6, 3), np.uint8), 4, seed=0, augment_dihedral=True)
+    # a trainer with it resumes bit for bit too, and an old checkpoint (no `augment`) still loads
+    straight = tiny_trainer(patches, augment="dihedral")
+    straight.train(4)
+    first = tiny_trainer(patches, augment="dihedral")
+    first.train(2)
+    resumed = tiny_trainer(patches, augment="dihedral")
+    resumed.load_state_dict(first.state_dict())
+    resumed.train(4)
+    assert_same_state(straight.state_dict(), resumed.state_dict())
+    old = tiny_trainer(patches).state_dict()
+    del old["config"]["augment"]
+    tiny_trainer(patches).load_state_dict(old)
+    with pytest.raises(ValueError):
+        tiny_trainer(patches, augment="dihedral").load_state_dict(old)
+    with pytest.raises(ValueError, match="augment"):
+        config_from("paper", {"augment": "mixup"})
