@@ -210,9 +210,16 @@ def ingest(svc: Service, shared_data: Path, folder: Path, per_label: int) -> str
     return job["result"]["dataset_id"]
 
 
-def train_gan(svc: Service, dataset_id: str, label: int, steps: int) -> str:
+# The kill test watches the progress row (written at most every 0.5 s) to kill at a drawn step:
+# at 16 px a quiet machine trains ~40 steps/s, so one write could jump from before the last drawn
+# point to the end of the job and the job finished before its last kill. At 64 px (~13 steps/s
+# on one core) consecutive writes are a few steps apart.
+KILL_TEST_GAN = {**FAST_GAN, "depth": 5}
+
+
+def train_gan(svc: Service, dataset_id: str, label: int, steps: int, overrides: dict = FAST_GAN) -> str:
     body = {"kind": "train_gan", "params": {"dataset_id": dataset_id, "label": label, "steps": steps,
-                                            "checkpoint_every": EVERY, "sample_every": 0, "overrides": FAST_GAN}}
+                                            "checkpoint_every": EVERY, "sample_every": 0, "overrides": overrides}}
     resp = svc.client.post("/v1/jobs", json=body)
     assert resp.status_code == 202, resp.text
     return resp.json()["id"]
@@ -291,7 +298,7 @@ def test_sigkill_at_random_points_of_one_training_job(faulty):
     svc, label = faulty, 0
     points = kill_points(FAULT_SEED)
     print(f"SIGKILL points (seed {FAULT_SEED}, HISTOSYNTH_TEST_FAULT_SEED replays another): steps {points}")
-    job_id = train_gan(svc, svc.dataset_id, label, STEPS)
+    job_id = train_gan(svc, svc.dataset_id, label, STEPS, KILL_TEST_GAN)
     stale, kills = None, []
     for attempt, point in enumerate(points, start=1):
         # A spare worker boots while this attempt trains (booting is the slow part of a cycle).
