@@ -46,13 +46,14 @@ def locs(problem: Problem) -> dict[tuple, str]:
 def test_override_tables_cover_every_config_field():
     from models.classifier import MODES, ClassifierConfig
     from models.gan_speed import PRECISIONS, TrainSpeed
-    from models.msggan import LOSSES, OPTIMIZERS, GanConfig
+    from models.msggan import AUGMENTS, LOSSES, OPTIMIZERS, GanConfig
 
     assert set(GAN_OVERRIDES) == {f.name for f in dataclasses.fields(GanConfig)}
     assert set(CLASSIFIER_OVERRIDES) == {f.name for f in dataclasses.fields(ClassifierConfig)}
     assert set(SPEED_OPTIONS) == {f.name for f in dataclasses.fields(TrainSpeed)}
     assert set(GAN_OVERRIDES["loss"].choices) == set(LOSSES)
     assert set(GAN_OVERRIDES["optimizer"].choices) == set(OPTIMIZERS)
+    assert set(GAN_OVERRIDES["augment"].choices) == set(AUGMENTS)
     assert set(CLASSIFIER_OVERRIDES["mode"].choices) == set(MODES)
     assert set(SPEED_OPTIONS["precision"].choices) == set(PRECISIONS)
 
