@@ -111,7 +111,8 @@ FLAG = Allowed(flag=True)
 
 # models.msggan.GanConfig: every field.
 GAN_OVERRIDES: dict[str, Allowed] = {
-    "latent_dim": _int(1, 1024), "width": Allowed(1 / 64, 2), "depth": _int(2, 8),
+    "latent_dim": _int(1, 1024), "width": Allowed(1 / 64, 2),
+    "d_width": Allowed(1 / 64, 2, nullable=True), "depth": _int(2, 8),
     "equalized_lr": FLAG, "pixel_norm": FLAG, "mbstd_group": _int(0, 64),
     "loss": Allowed(choices=("wgan-gp", "rahinge", "ns-r1")), "gp_lambda": Allowed(0, 1000), "drift": Allowed(0, 1),
     "lr": Allowed(1e-8, 1), "batch_size": _int(1, 1024), "n_critic": _int(1, 10),

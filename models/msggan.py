@@ -308,6 +308,7 @@ class GanConfig:
 
     latent_dim: int = 512            # Table 1
     width: float = 1.0               # channel multiplier on Tables 1-2
+    d_width: float | None = None     # the discriminator's multiplier; None = `width` (Tables 1-2 mirror)
     depth: int = 5                   # 5 blocks -> 64 px (Tables 1-2)
     equalized_lr: bool = True        # MSG-GAN/ProGAN; the tables are silent
     pixel_norm: bool = True          # MSG-GAN/ProGAN; the tables are silent
@@ -342,6 +343,8 @@ class GanConfig:
         if not 0.0 <= self.ema_beta < 1.0:
             raise ValueError("ema_beta must be in [0, 1)")
         block_channels(self.depth, self.width)  # validates depth and width
+        if self.d_width is not None:
+            block_channels(self.depth, self.d_width)
 
     @property
     def resolution(self) -> int:
@@ -354,7 +357,8 @@ class GanConfig:
         return Generator(self.latent_dim, self.width, self.depth, self.equalized_lr, self.pixel_norm, self.upsample)
 
     def make_discriminator(self) -> Discriminator:
-        return Discriminator(self.width, self.depth, self.equalized_lr, self.mbstd_group)
+        d_width = self.width if self.d_width is None else self.d_width
+        return Discriminator(d_width, self.depth, self.equalized_lr, self.mbstd_group)
 
 
 PRESETS: dict[str, GanConfig] = {

@@ -185,3 +185,18 @@ def test_bilinear_upsampling_is_an_option_with_the_same_parameters():
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[-1], b[-1])  # same 4 px block, other upsampling
     with pytest.raises(ValueError, match="upsample"):
         config_from("cpu-small", {"upsample": "cubic"})
+
+
+def test_discriminator_width_is_its_own_field_and_defaults_to_the_generators():
+    same = config_from("cpu-small", {})
+    wide = config_from("cpu-small", {"d_width": 2 / 32})
+    channels = lambda net: sorted({m.weight.shape[0] for m in net.modules() if isinstance(m, Conv2d)})  # noqa: E731
+    assert channels(same.make_discriminator()) == [8, 16]  # mirrors G at 1/32 width (Tables 1-2)
+    assert channels(wide.make_discriminator()) == [16, 32]
+    assert n_params(wide.make_generator()) == n_params(same.make_generator())  # G untouched
+    D = wide.make_discriminator()
+    assert D(same.make_generator()(torch.randn(4, 128))).shape == (4, 1)
+    with pytest.raises(ValueError):
+        config_from("cpu-small", {"d_width": 0.0})
+    # a checkpoint's plain dict without the field reads as the mirrored discriminator
+    assert GanConfig(**{k: v for k, v in same.to_dict().items() if k != "d_width"}) == same
