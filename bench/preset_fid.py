@@ -20,6 +20,8 @@ config once per GAN seed and adds FID's mean and sd over the seeds (`over_seeds`
 one seed's FID is not a ranking (BENCHMARKS.md, campaign 9). --classifier-seeds also scores
 every sample set in the features of domain classifiers trained with other seeds (FID in each,
 `fid_by_classifier`, and its mean over GAN seeds): nor is one classifier's (campaign 12).
+--fid-n also gives FID on the first k of the same samples (`fid_at_n`): FID is biased upward
+by a term that shrinks with the sample count, and comparing k with --n shows its size.
 The last line is one JSON object.
 """
 
@@ -87,9 +89,14 @@ def domain_classifier(patches, labels, cache: Path, key: str, epochs: int,  # no
     return domain_extractor(model, cfg.input_size, {"model": path.name, "sha256": digest})
 
 
+def fid_of(real_feats: torch.Tensor, fake_feats: torch.Tensor, seed: int) -> float:
+    """FID between two feature sets of one extractor."""
+    return all_metrics.compute(["fid"], real=real_feats, fake=fake_feats, seed=seed)["fid"]["fid"]
+
+
 def fid_in(extractor, real_feats: torch.Tensor, fake: np.ndarray, seed: int) -> float:  # noqa: ANN001
     """FID of `fake` patches against real features, in `extractor`'s feature space."""
-    return all_metrics.compute(["fid"], real=real_feats, fake=extractor(fake), seed=seed)["fid"]["fid"]
+    return fid_of(real_feats, extractor(fake), seed)
 
 
 def parse_config(text: str, default_steps: int) -> tuple[str, dict, int]:
@@ -165,9 +172,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--ema", type=float, nargs="*", default=[],
                     help="also score EMA generators with these betas at every eval point (same training)")
+    ap.add_argument("--fid-n", type=int, nargs="*", default=[],
+                    help="also FID on the first k of each config's --n samples, in every classifier (`fid_at_n`): "
+                         "FID falls with the sample count, so a bias this size is in every FID at k")
     ap.add_argument("--jobs", type=int, default=1, help="train this many configs at once, one thread each")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    fid_n = sorted(k for k in set(args.fid_n) if k != args.n)
+    if any(not 2 <= k < args.n for k in fid_n):
+        ap.error(f"--fid-n: each k must be in 2..{args.n - 1} (below --n)")
     # Progress to stderr, always (a run takes an hour); with --json, stdout holds only the JSON line.
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
@@ -210,17 +223,26 @@ def main() -> None:
     def score(text: str, steps: int, run: dict) -> None:
         curve, metrics = {}, None
         for point, (fake, train_s) in run["samples"].items():
-            values = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(fake), seed=args.seed)
+            fake_feats = extractor(fake)
+            values = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=fake_feats, seed=args.seed)
             if "@" not in point:  # the trainer's own EMA: the config's result is its last point
                 metrics = values
             curve[point] = {"fid": values["fid"]["fid"], "density": values["density_coverage"]["density"],
                             "coverage": values["density_coverage"]["coverage"], "train_s": round(train_s, 1)}
+            other_fake = {c: ex(fake) for c, ex in others.items()}
             if others:
-                curve[point]["fid_by_classifier"] = {str(c): fid_in(ex, other_feats[c], fake, args.seed)
-                                                     for c, ex in others.items()}
+                curve[point]["fid_by_classifier"] = {str(c): fid_of(other_feats[c], f, args.seed)
+                                                     for c, f in other_fake.items()}
+            if fid_n:  # the same samples' first k: FID's small-sample bias, measured (--fid-n)
+                curve[point]["fid_at_n"] = {str(k): fid_of(hold_feats, fake_feats[:k], args.seed) for k in fid_n}
+                if others:
+                    curve[point]["fid_at_n_by_classifier"] = {
+                        str(c): {str(k): fid_of(other_feats[c], f[:k], args.seed) for k in fid_n}
+                        for c, f in other_fake.items()}
             log(f"{text} @ {point}: FID {curve[point]['fid']:.2f}, density {curve[point]['density']:.3f}, "
                 f"coverage {curve[point]['coverage']:.3f}, {train_s:.0f} s"
-                + "".join(f"; FID in classifier {c}: {v:.2f}" for c, v in curve[point].get("fid_by_classifier", {}).items()))
+                + "".join(f"; FID in classifier {c}: {v:.2f}" for c, v in curve[point].get("fid_by_classifier", {}).items())
+                + "".join(f"; FID of the first {k}: {v:.2f}" for k, v in curve[point].get("fid_at_n", {}).items()))
         name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
         name = name.replace(",", "_")
         (args.out / f"{name}.png").write_bytes(run["grid"])
@@ -272,6 +294,13 @@ def over_seeds(scored: dict[str, dict], configs: list[str], seeds: list[int]) ->
                 out[text][point]["fid_mean_by_classifier"] = {
                     c: float(np.mean([cv[point]["fid_by_classifier"][c] for cv in curves]))
                     for c in curves[0][point]["fid_by_classifier"]}
+            if "fid_at_n" in curves[0][point]:
+                out[text][point]["fid_mean_at_n"] = {
+                    k: float(np.mean([cv[point]["fid_at_n"][k] for cv in curves])) for k in curves[0][point]["fid_at_n"]}
+            if "fid_at_n_by_classifier" in curves[0][point]:
+                out[text][point]["fid_mean_at_n_by_classifier"] = {
+                    c: {k: float(np.mean([cv[point]["fid_at_n_by_classifier"][c][k] for cv in curves])) for k in ks}
+                    for c, ks in curves[0][point]["fid_at_n_by_classifier"].items()}
     return out
 
 
