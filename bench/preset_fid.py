@@ -174,7 +174,7 @@ def main() -> None:
                     help="also score EMA generators with these betas at every eval point (same training)")
     ap.add_argument("--fid-n", type=int, nargs="*", default=[],
                     help="also FID on the first k of each config's --n samples, in every classifier (`fid_at_n`): "
-                         "FID falls with the sample count, so a bias this size is in every FID at k")
+                         "FID's upward bias shrinks as the sample count grows, and k against --n shows its size")
     ap.add_argument("--jobs", type=int, default=1, help="train this many configs at once, one thread each")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -98,6 +98,11 @@ def test_gan_bounds_at_the_edges_pass(no_checks):
     edges = {"n_critic": 10, "width": 2, "latent_dim": 1024, "fixed_samples": 256, "batch_size": 1024, "depth": 8}
     stored = validate_params("train_gan", {**GAN, "overrides": edges}, None, None)
     assert stored["overrides"] == edges
+    for d_width in (None, 1 / 64, 2):  # null mirrors the generator's width
+        stored = validate_params("train_gan", {**GAN, "overrides": {"d_width": d_width}}, None, None)
+        assert stored["overrides"] == {"d_width": d_width}
+    problem = refused("train_gan", {**GAN, "overrides": {"d_width": 4}})
+    assert "0.015625..2 or null" in locs(problem)[("overrides", "d_width")]
 
 
 def test_speed_options_are_bounded(no_checks):
