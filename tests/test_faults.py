@@ -43,7 +43,7 @@ FAULT_SEED = int(os.environ.get("HISTOSYNTH_TEST_FAULT_SEED", "20240607"))
 KILLS = 5
 STEPS = 60
 EVERY = 10  # checkpoint_every: the smallest the bounds allow
-PG_STEPS = 100  # the Postgres restart's job: ~10 s on a quiet machine, a window no poll misses
+PG_STEPS = 100  # the Postgres restart's job, at 64 px: ~8 s on a quiet machine, a window no poll misses
 
 
 # -- private servers -------------------------------------------------------------------------
@@ -210,10 +210,11 @@ def ingest(svc: Service, shared_data: Path, folder: Path, per_label: int) -> str
     return job["result"]["dataset_id"]
 
 
-# The kill test watches the progress row (written at most every 0.5 s) to kill at a drawn step:
-# at 16 px a quiet machine trains ~40 steps/s, so one write could jump from before the last drawn
-# point to the end of the job and the job finished before its last kill. At 64 px (~13 steps/s
-# on one core) consecutive writes are a few steps apart.
+# The tests that act at a point inside a job watch its progress row (written at most every
+# 0.5 s): at 16 px a quiet machine trains ~40 steps/s, so one write could jump from before that
+# point to the end of the job, and the job finished first (the kill test, CI session 9; the
+# Postgres restart, CI session 10). At 64 px (~13 steps/s on one core) consecutive writes are a
+# few steps apart.
 KILL_TEST_GAN = {**FAST_GAN, "depth": 5}
 
 
@@ -425,9 +426,9 @@ def test_postgres_restarted_during_a_job(request, tmp_path_factory, private_post
         svc.start_api()
         dataset_id = ingest(svc, shared_data, tmp_path_factory.mktemp("faults_pg_slice"), per_label=10)
         (worker,) = live_workers(svc)
-        # PG_STEPS, not 40: 40 steps could finish between two polls, before
-        # the test saw the job past its first checkpoint (CI, session 6).
-        job_id = train_gan(svc, dataset_id, 1, PG_STEPS)
+        # PG_STEPS at 64 px: 40 steps, or 100 at 16 px, could finish between two progress
+        # writes, before the test saw the job past its first checkpoint (CI, sessions 6 and 10).
+        job_id = train_gan(svc, dataset_id, 1, PG_STEPS, KILL_TEST_GAN)
         wait_until(svc, job_id, lambda j: j["state"] == "running" and j["checkpoints"]
                    and j["progress"]["current"] >= j["checkpoints"][-1]["step"] + 2, timeout=120,
                    what="job running past its first checkpoint")
