@@ -290,18 +290,17 @@ def over_seeds(scored: dict[str, dict], configs: list[str], seeds: list[int]) ->
             fids = np.array([c[point]["fid"] for c in curves])
             out[text][point] = {"fid_mean": float(fids.mean()), "fid_sd": float(fids.std(ddof=1)) if len(fids) > 1 else 0.0,
                                 "fids": fids.tolist()}
-            if "fid_by_classifier" in curves[0][point]:
-                out[text][point]["fid_mean_by_classifier"] = {
-                    c: float(np.mean([cv[point]["fid_by_classifier"][c] for cv in curves]))
-                    for c in curves[0][point]["fid_by_classifier"]}
-            if "fid_at_n" in curves[0][point]:
-                out[text][point]["fid_mean_at_n"] = {
-                    k: float(np.mean([cv[point]["fid_at_n"][k] for cv in curves])) for k in curves[0][point]["fid_at_n"]}
-            if "fid_at_n_by_classifier" in curves[0][point]:
-                out[text][point]["fid_mean_at_n_by_classifier"] = {
-                    c: {k: float(np.mean([cv[point]["fid_at_n_by_classifier"][c][k] for cv in curves])) for k in ks}
-                    for c, ks in curves[0][point]["fid_at_n_by_classifier"].items()}
+            for key in ("fid_by_classifier", "fid_at_n", "fid_at_n_by_classifier"):
+                if key in curves[0][point]:  # fid_mean_by_classifier, fid_mean_at_n, ...
+                    out[text][point][key.replace("fid_", "fid_mean_", 1)] = mean_leaves([cv[point][key] for cv in curves])
     return out
+
+
+def mean_leaves(trees: list) -> dict | float:
+    """The mean over same-shaped nested dicts of numbers, leaf by leaf (one tree per GAN seed)."""
+    if isinstance(trees[0], dict):
+        return {k: mean_leaves([t[k] for t in trees]) for k in trees[0]}
+    return float(np.mean(trees))
 
 
 if __name__ == "__main__":
