@@ -215,7 +215,7 @@ def ingest(svc: Service, shared_data: Path, folder: Path, per_label: int) -> str
 # point to the end of the job, and the job finished first (the kill test, CI session 9; the
 # Postgres restart, CI session 10). At 64 px (~13 steps/s on one core) consecutive writes are a
 # few steps apart.
-KILL_TEST_GAN = {**FAST_GAN, "depth": 5}
+MID_JOB_GAN = {**FAST_GAN, "depth": 5}
 
 
 def train_gan(svc: Service, dataset_id: str, label: int, steps: int, overrides: dict = FAST_GAN) -> str:
@@ -299,7 +299,7 @@ def test_sigkill_at_random_points_of_one_training_job(faulty):
     svc, label = faulty, 0
     points = kill_points(FAULT_SEED)
     print(f"SIGKILL points (seed {FAULT_SEED}, HISTOSYNTH_TEST_FAULT_SEED replays another): steps {points}")
-    job_id = train_gan(svc, svc.dataset_id, label, STEPS, KILL_TEST_GAN)
+    job_id = train_gan(svc, svc.dataset_id, label, STEPS, MID_JOB_GAN)
     stale, kills = None, []
     for attempt, point in enumerate(points, start=1):
         # A spare worker boots while this attempt trains (booting is the slow part of a cycle).
@@ -428,7 +428,7 @@ def test_postgres_restarted_during_a_job(request, tmp_path_factory, private_post
         (worker,) = live_workers(svc)
         # PG_STEPS at 64 px: 40 steps, or 100 at 16 px, could finish between two progress
         # writes, before the test saw the job past its first checkpoint (CI, sessions 6 and 10).
-        job_id = train_gan(svc, dataset_id, 1, PG_STEPS, KILL_TEST_GAN)
+        job_id = train_gan(svc, dataset_id, 1, PG_STEPS, MID_JOB_GAN)
         wait_until(svc, job_id, lambda j: j["state"] == "running" and j["checkpoints"]
                    and j["progress"]["current"] >= j["checkpoints"][-1]["step"] + 2, timeout=120,
                    what="job running past its first checkpoint")
