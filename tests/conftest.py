@@ -26,6 +26,11 @@ REDIS_URL = os.environ.get("HISTOSYNTH_TEST_REDIS", "redis://127.0.0.1:6379/7")
 # GAN overrides for service tests about the job's life (kills, stops, resume, machines), not its
 # images: 3 blocks (16 px out), ~5x cheaper a step than test_service_gan's TINY, the same code.
 FAST_GAN = {"width": 1 / 64, "latent_dim": 16, "batch_size": 4, "fixed_samples": 2, "depth": 3}
+# For tests that act inside a running GAN job (kill, SIGTERM, restart a server) once its progress
+# row (written at most every 0.5 s) shows it past a checkpoint: at 16 px a quiet machine trains
+# ~40 steps/s, so one write could jump to the end and the job finished first (CI, sessions 9 and
+# 10: test_faults.py's kill and Postgres-restart tests, test_two_machines.py). At 64 px (~13 steps/s on one core) consecutive writes are a few steps apart.
+MID_JOB_GAN = {**FAST_GAN, "depth": 5}
 
 
 @pytest.fixture(scope="session")

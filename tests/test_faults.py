@@ -36,7 +36,7 @@ import httpx
 import pytest
 
 from app.migrate import upgrade_head
-from tests.conftest import FAST_GAN, ROOT, Service, copy_patches, fresh_database, free_port, service_env, storage_backend
+from tests.conftest import FAST_GAN, MID_JOB_GAN, ROOT, Service, copy_patches, fresh_database, free_port, service_env, storage_backend
 
 # A job's kill points: seeded, printed, and overridable to replay or explore another draw.
 FAULT_SEED = int(os.environ.get("HISTOSYNTH_TEST_FAULT_SEED", "20240607"))
@@ -208,14 +208,6 @@ def ingest(svc: Service, shared_data: Path, folder: Path, per_label: int) -> str
     job = svc.wait_job(resp.json()["id"], timeout=120)
     assert job["state"] == "succeeded", job["error"]
     return job["result"]["dataset_id"]
-
-
-# The tests that act at a point inside a job watch its progress row (written at most every
-# 0.5 s): at 16 px a quiet machine trains ~40 steps/s, so one write could jump from before that
-# point to the end of the job, and the job finished first (the kill test, CI session 9; the
-# Postgres restart, CI session 10). At 64 px (~13 steps/s on one core) consecutive writes are a
-# few steps apart.
-MID_JOB_GAN = {**FAST_GAN, "depth": 5}
 
 
 def train_gan(svc: Service, dataset_id: str, label: int, steps: int, overrides: dict = FAST_GAN) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.migrate import upgrade_head
-from tests.conftest import FAST_GAN, Service, fresh_database, service_env
+from tests.conftest import MID_JOB_GAN, Service, fresh_database, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def test_worker_b_resumes_what_worker_a_was_killed_in_and_the_api_serves_it(
             dataset_id = ingest["result"]["dataset_id"]
 
             body = {"kind": "train_gan", "params": {"dataset_id": dataset_id, "label": 1, "steps": 80,
-                                                    "checkpoint_every": 10, "sample_every": 40, "overrides": FAST_GAN}}
+                                                    "checkpoint_every": 10, "sample_every": 40, "overrides": MID_JOB_GAN}}
             job_id = c.post("/v1/jobs", json=body).json()["id"]
             deadline = time.monotonic() + 240
             while True:
