@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 10.0
     reaper_interval_seconds: float = 5.0
+    # A running job writes its progress row at most once per this many seconds (and always at
+    # its last step): a write per training step would be one database commit per step.
+    progress_interval_seconds: float = Field(default=0.5, ge=0)
     # A queued job whose message may have been lost is re-sent after this many seconds.
     requeue_after_seconds: float = 30.0
     max_attempts: int = 3

@@ -26,11 +26,18 @@ REDIS_URL = os.environ.get("HISTOSYNTH_TEST_REDIS", "redis://127.0.0.1:6379/7")
 # GAN overrides for service tests about the job's life (kills, stops, resume, machines), not its
 # images: 3 blocks (16 px out), ~5x cheaper a step than test_service_gan's TINY, the same code.
 FAST_GAN = {"width": 1 / 64, "latent_dim": 16, "batch_size": 4, "fixed_samples": 2, "depth": 3}
-# For tests that act inside a running GAN job (kill, SIGTERM, restart a server) once its progress
-# row (written at most every 0.5 s) shows it past a checkpoint: at 16 px a quiet machine trains
-# ~40 steps/s, so one write could jump to the end and the job finished first (CI, sessions 9 and
-# 10: test_faults.py's kill and Postgres-restart tests, test_two_machines.py). At 64 px (~13 steps/s on one core) consecutive writes are a few steps apart.
+# For tests that act inside a running GAN job (kill, SIGTERM, restart a server) once it is past a
+# checkpoint (`past_a_checkpoint`): at 16 px a quiet machine trains ~40 steps/s and a short job
+# could end before a poll saw it there (CI, sessions 9 and 10); at 64 px it is ~13 steps/s.
 MID_JOB_GAN = {**FAST_GAN, "depth": 5}
+
+
+def past_a_checkpoint(job: dict, by: int = 3) -> bool:
+    """The job runs with its progress row `by` or more steps past its newest checkpoint: killed
+    now, it loses steps it must redo from that checkpoint. The service tests write progress at
+    every step (service_env), so this holds for most of a job, not only between 0.5 s writes."""
+    return (job["state"] == "running" and bool(job["checkpoints"])
+            and job["progress"]["current"] >= job["checkpoints"][-1]["step"] + by)
 
 
 @pytest.fixture(scope="session")
@@ -151,6 +158,16 @@ class Service:
             time.sleep(0.3)
         raise TimeoutError(f"job {job_id} still {job['state']} after {timeout}s; logs in {self.home}")
 
+    def wait_past_a_checkpoint(self, job_id: str, timeout: float = 180) -> dict:
+        """Poll (tightly: the window is a few steps) until `past_a_checkpoint`; the job must not
+        finish first."""
+        deadline = time.monotonic() + timeout
+        while not past_a_checkpoint(job := self.client.get(f"/v1/jobs/{job_id}").json()):
+            assert job["state"] in ("queued", "running"), f"job ended before a poll saw it past a checkpoint: {job}"
+            assert time.monotonic() < deadline, f"not past a checkpoint after {timeout}s: {job}"
+            time.sleep(0.05)
+        return job
+
     def stop(self) -> None:
         self.client.close()
         for proc in self.workers:
@@ -175,6 +192,9 @@ def service_env(home: Path, database_url: str, broker_url: str | None, **extra: 
         "HISTOSYNTH_LEASE_SECONDS": "6",
         "HISTOSYNTH_HEARTBEAT_SECONDS": "1",
         "HISTOSYNTH_REAPER_INTERVAL_SECONDS": "1",
+        # Progress at (nearly) every step, so a test that acts once a job is past a checkpoint
+        # sees it there for most of the job instead of in the gaps between 0.5 s writes.
+        "HISTOSYNTH_PROGRESS_INTERVAL_SECONDS": "0",
         "HISTOSYNTH_REQUEUE_AFTER_SECONDS": "20",
         # Small caps so the tests of the caps stay cheap.
         "HISTOSYNTH_MAX_PREDICTION_FILES": "8",

@@ -36,7 +36,8 @@ import httpx
 import pytest
 
 from app.migrate import upgrade_head
-from tests.conftest import FAST_GAN, MID_JOB_GAN, ROOT, Service, copy_patches, fresh_database, free_port, service_env, storage_backend
+from tests.conftest import (FAST_GAN, MID_JOB_GAN, ROOT, Service, copy_patches, fresh_database, free_port,
+                            past_a_checkpoint, service_env, storage_backend)
 
 # A job's kill points: seeded, printed, and overridable to replay or explore another draw.
 FAULT_SEED = int(os.environ.get("HISTOSYNTH_TEST_FAULT_SEED", "20240607"))
@@ -418,12 +419,8 @@ def test_postgres_restarted_during_a_job(request, tmp_path_factory, private_post
         svc.start_api()
         dataset_id = ingest(svc, shared_data, tmp_path_factory.mktemp("faults_pg_slice"), per_label=10)
         (worker,) = live_workers(svc)
-        # PG_STEPS at 64 px: 40 steps, or 100 at 16 px, could finish between two progress
-        # writes, before the test saw the job past its first checkpoint (CI, sessions 6 and 10).
         job_id = train_gan(svc, dataset_id, 1, PG_STEPS, MID_JOB_GAN)
-        wait_until(svc, job_id, lambda j: j["state"] == "running" and j["checkpoints"]
-                   and j["progress"]["current"] >= j["checkpoints"][-1]["step"] + 2, timeout=120,
-                   what="job running past its first checkpoint")
+        wait_until(svc, job_id, past_a_checkpoint, timeout=120, what="job running past a checkpoint")
 
         private_postgres.stop()
         try:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import copy_patches
+from tests.conftest import copy_patches, past_a_checkpoint
 from tests.test_service_ingest import assert_problem
 
 pytestmark = pytest.mark.integration
@@ -99,8 +99,7 @@ def test_killed_worker_resumes_the_experiment_at_the_running_child(service, real
     def gan_checkpointed(j):
         if not j["children"]:
             return False
-        gan = c.get(j["children"][0]["url"]).json()
-        return bool(gan["checkpoints"]) and gan["progress"]["current"] > gan["checkpoints"][-1]["step"]
+        return past_a_checkpoint(c.get(j["children"][0]["url"]).json(), by=1)
 
     wait_for(service, job_id, gan_checkpointed)
     (worker,) = [w for w in service.workers if w.poll() is None]

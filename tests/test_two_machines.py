@@ -4,7 +4,6 @@ shared folder. Only Postgres, Redis and the S3 object store are in common, as in
 from __future__ import annotations
 
 import io
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -57,13 +56,7 @@ def test_worker_b_resumes_what_worker_a_was_killed_in_and_the_api_serves_it(
             body = {"kind": "train_gan", "params": {"dataset_id": dataset_id, "label": 1, "steps": 80,
                                                     "checkpoint_every": 10, "sample_every": 40, "overrides": MID_JOB_GAN}}
             job_id = c.post("/v1/jobs", json=body).json()["id"]
-            deadline = time.monotonic() + 240
-            while True:
-                job = c.get(f"/v1/jobs/{job_id}").json()
-                if job["checkpoints"] and job["progress"]["current"] >= job["checkpoints"][-1]["step"] + 3:
-                    break
-                assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
-                time.sleep(0.1)
+            api.wait_past_a_checkpoint(job_id, timeout=240)
             a.kill_worker(worker_a)  # machine A is gone, and with it everything on its disk
             last_ckpt = max(ck["step"] for ck in c.get(f"/v1/jobs/{job_id}").json()["checkpoints"])
 

@@ -4,9 +4,10 @@ claims the job, heart-beats its lease and records the outcome."""
 
 from __future__ import annotations
 
-import logging
-import os
 import functools
+import logging
+import math
+import os
 import socket
 import threading
 import time
@@ -70,7 +71,7 @@ class JobContext:
         self.storage = Storage.from_settings(settings)
         self.cancel_requested = False
         self.lease_lost = False
-        self._last_progress = 0.0
+        self._last_progress = -math.inf  # the first write is never throttled
         self._lock = threading.Lock()
 
     @functools.cached_property
@@ -98,9 +99,9 @@ class JobContext:
 
     def progress(self, current: int, total: int, message: str | None = None, *, metrics: dict | None = None,
                  force: bool = False) -> None:
-        """Throttled: at most a few writes per second whatever the caller's rate."""
+        """Throttled to one write per `settings.progress_interval_seconds` whatever the caller's rate."""
         now = time.monotonic()
-        if not force and now - self._last_progress < 0.5 and current < total:
+        if not force and now - self._last_progress < self.settings.progress_interval_seconds and current < total:
             return
         self._last_progress = now
         try:
