@@ -120,6 +120,7 @@ GAN_OVERRIDES: dict[str, Allowed] = {
     "adam_beta2": Allowed(0, 0.99999), "ema_beta": Allowed(0, 0.99999), "fixed_samples": _int(1, 256),
     "seed": _int(0, SEED_MAX), "upsample": Allowed(choices=("nearest", "bilinear")),
     "augment": Allowed(choices=("none", "dihedral")),
+    "diffaug": Allowed(choices=("none", "translation", "cutout", "translation,cutout")),
 }
 # models.classifier.ClassifierConfig: epochs and input_size within the top-level params' own
 # bounds; weights only as the top-level param (whose file is checked).

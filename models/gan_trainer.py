@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from models.diffaug import DRAW_WIDTH, augment_scales
 from models.gan_data import BatchLoader, real_pyramid
 from models.gan_speed import TrainSpeed, make_optimizer
 from models.losses import discriminator_loss, generator_loss
@@ -109,11 +110,13 @@ class GanTrainer:
         self.loader.close()
 
     # -- one step: the math, on given inputs ------------------------------------------------
-    def _step_math(self, inputs: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    def _step_math(self, inputs: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]],
                    abort_fn: Callable[[], bool] | None = None) -> torch.Tensor | None:
         """n_critic D updates, one G update, the EMA; returns the losses (4,) on the device.
 
-        `inputs(k)` gives critic update k's uint8 reals, latents and penalty alphas. With
+        `inputs(k)` gives critic update k's uint8 reals, latents, penalty alphas and, with
+        `diffaug`, the uniforms of its three augmentation draws (reals, fakes for D, fakes for
+        G; None without). With
         `abort_fn` (eager steps only: a captured graph must not branch on the host), it is asked
         before every critic update after the first; when it says stop, the step ends there and
         None is returned (the trainer is then marked torn)."""
@@ -123,14 +126,18 @@ class GanTrainer:
             if k and abort_fn is not None and abort_fn():
                 self._torn = True
                 return None
-            real_u8, z, alpha = inputs(k)
+            real_u8, z, alpha, aug = inputs(k)
             reals = [x.contiguous(memory_format=sp.memory_format)
                      for x in real_pyramid(real_u8, cfg.resolution, cfg.depth, self.device)]
             last = k == cfg.n_critic - 1
             with torch.set_grad_enabled(last), sp.autocast():
                 fakes = self._G_run(z)  # on the last critic step the graph is kept for the G update
+            d_reals, d_fakes = reals, fakes
+            if aug is not None:  # DiffAugment: D sees both sides transformed, independently drawn
+                d_reals = augment_scales(reals, cfg.diffaug, aug[:, :DRAW_WIDTH])
+                d_fakes = augment_scales([f.detach() for f in fakes], cfg.diffaug, aug[:, DRAW_WIDTH:2 * DRAW_WIDTH])
             with sp.autocast():
-                d_loss, stats = discriminator_loss(cfg.loss, self._D_run, reals, fakes, alpha, cfg.gp_lambda,
+                d_loss, stats = discriminator_loss(cfg.loss, self._D_run, d_reals, d_fakes, alpha, cfg.gp_lambda,
                                                    cfg.drift, gp_critic=D)
             self.opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -138,8 +145,10 @@ class GanTrainer:
 
         # G update: D's weights need no gradient here, which skips D's weight-gradient kernels.
         D.requires_grad_(False)
+        if aug is not None:  # G's gradient flows back through the transform
+            fakes = augment_scales(fakes, cfg.diffaug, aug[:, 2 * DRAW_WIDTH:])
         with sp.autocast():
-            g_loss = generator_loss(cfg.loss, self._D_run, fakes, reals if cfg.loss == "rahinge" else None)
+            g_loss = generator_loss(cfg.loss, self._D_run, fakes, d_reals if cfg.loss == "rahinge" else None)
         self.opt_G.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_G.step()
@@ -147,13 +156,18 @@ class GanTrainer:
         self._update_ema()
         return torch.stack([stats["d_loss"], g_loss.detach(), stats["gp"], stats["wasserstein"]]).float()
 
-    def _draw_one(self, k: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One critic update's inputs, from the data order and the noise stream (in this order)."""
+    def _draw_one(self, k: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One critic update's inputs, from the data order and the noise stream (in this order;
+        the augmentation's uniforms last, and only with `diffaug`, so runs without it draw the
+        stream they always drew)."""
         b, latent_dim = self.config.batch_size, self.config.latent_dim
         real = self.loader.next()
         z = torch.randn(b, latent_dim, generator=self.noise_rng, device=self.device)
         alpha = torch.rand(b, 1, 1, 1, generator=self.noise_rng, device=self.device)
-        return real, z, alpha
+        aug = None
+        if self.config.diffaug != "none":
+            aug = torch.rand(b, 3 * DRAW_WIDTH, generator=self.noise_rng, device=self.device)
+        return real, z, alpha, aug
 
     # -- one step: eager or replayed -------------------------------------------------------
     def _advance(self, abort_fn: Callable[[], bool] | None = None) -> torch.Tensor | None:
@@ -162,12 +176,14 @@ class GanTrainer:
         if sp.cuda_graph and self._graph is None and self._eager_steps >= sp.graph_warmup:
             self._capture()
         if self._graph is not None:
-            reals, zs, alphas = self._static
+            reals, zs, alphas, augs = self._static
             for k in range(self.config.n_critic):
-                real, z, alpha = self._draw_one(k)
+                real, z, alpha, aug = self._draw_one(k)
                 reals[k].copy_(real, non_blocking=True)
                 zs[k].copy_(z)
                 alphas[k].copy_(alpha)
+                if aug is not None:
+                    augs[k].copy_(aug)
             self._graph.replay()
             losses = self._static_losses.clone()
         elif sp.cuda_graph:
@@ -195,6 +211,8 @@ class GanTrainer:
             [torch.zeros((b, *shape), dtype=torch.uint8, device=dev) for _ in range(cfg.n_critic)],
             [torch.zeros(b, cfg.latent_dim, device=dev) for _ in range(cfg.n_critic)],
             [torch.full((b, 1, 1, 1), 0.5, device=dev) for _ in range(cfg.n_critic)],
+            [torch.full((b, 3 * DRAW_WIDTH), 0.5, device=dev) if cfg.diffaug != "none" else None
+             for _ in range(cfg.n_critic)],
         )
         torch.cuda.synchronize(dev)
         graph = torch.cuda.CUDAGraph()
@@ -221,7 +239,10 @@ class GanTrainer:
         the data order and noise streams do not advance."""
         if self.config.n_critic != 1:
             raise ValueError("train_step_on takes one critic step's inputs")
-        losses = self._step_math(lambda k: (batch_u8.to(self.device), z.to(self.device), alpha.to(self.device)))
+        if self.config.diffaug != "none":
+            raise ValueError("train_step_on takes no augmentation draws: use diffaug='none'")
+        losses = self._step_math(lambda k: (batch_u8.to(self.device), z.to(self.device), alpha.to(self.device),
+                                            None))
         self.step += 1
         self._eager_steps += 1
         self._pending.append(losses)

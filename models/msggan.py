@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.conv_grad import conv2d
+from models.diffaug import POLICIES as DIFFAUG_POLICIES
 
 MIN_CHANNELS = 8
 LRELU_SLOPE = 0.2  # MSG-GAN / ProGAN
@@ -327,6 +328,7 @@ class GanConfig:
     seed: int = 0
     upsample: str = "nearest"        # MSG-GAN's; "bilinear" is smoother (the tables name no mode)
     augment: str = "none"            # "dihedral": each real patch in one of its 8 flips/rotations
+    diffaug: str = "none"            # D's inputs, real and fake, transformed (models/diffaug.py)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -335,6 +337,8 @@ class GanConfig:
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.diffaug not in DIFFAUG_POLICIES:
+            raise ValueError(f"diffaug must be one of {DIFFAUG_POLICIES}, got {self.diffaug!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("latent_dim", "batch_size", "n_critic", "fixed_samples"):

@@ -47,6 +47,7 @@ def test_override_tables_cover_every_config_field():
     from models.classifier import MODES, ClassifierConfig
     from models.gan_speed import PRECISIONS, TrainSpeed
     from models.msggan import AUGMENTS, LOSSES, OPTIMIZERS, GanConfig
+    from models.diffaug import POLICIES as DIFFAUG_POLICIES
 
     assert set(GAN_OVERRIDES) == {f.name for f in dataclasses.fields(GanConfig)}
     assert set(CLASSIFIER_OVERRIDES) == {f.name for f in dataclasses.fields(ClassifierConfig)}
@@ -54,6 +55,7 @@ def test_override_tables_cover_every_config_field():
     assert set(GAN_OVERRIDES["loss"].choices) == set(LOSSES)
     assert set(GAN_OVERRIDES["optimizer"].choices) == set(OPTIMIZERS)
     assert set(GAN_OVERRIDES["augment"].choices) == set(AUGMENTS)
+    assert set(GAN_OVERRIDES["diffaug"].choices) == set(DIFFAUG_POLICIES)
     assert set(CLASSIFIER_OVERRIDES["mode"].choices) == set(MODES)
     assert set(SPEED_OPTIONS["precision"].choices) == set(PRECISIONS)
 
