@@ -115,7 +115,7 @@ GAN_OVERRIDES: dict[str, Allowed] = {
     "d_width": Allowed(1 / 64, 2, nullable=True), "depth": _int(2, 8),
     "equalized_lr": FLAG, "pixel_norm": FLAG, "mbstd_group": _int(0, 64),
     "loss": Allowed(choices=("wgan-gp", "rahinge", "ns-r1")), "gp_lambda": Allowed(0, 1000), "drift": Allowed(0, 1),
-    "lr": Allowed(1e-8, 1), "batch_size": _int(1, 1024), "n_critic": _int(1, 10),
+    "lr": Allowed(1e-8, 1), "d_lr": Allowed(1e-8, 1, nullable=True), "batch_size": _int(1, 1024), "n_critic": _int(1, 10),
     "optimizer": Allowed(choices=("rmsprop", "adam")), "adam_beta1": Allowed(0, 0.99999),
     "adam_beta2": Allowed(0, 0.99999), "ema_beta": Allowed(0, 0.99999), "fixed_samples": _int(1, 256),
     "seed": _int(0, SEED_MAX), "upsample": Allowed(choices=("nearest", "bilinear")),

@@ -71,7 +71,8 @@ class GanTrainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         betas = (cfg.adam_beta1, cfg.adam_beta2)
         self.opt_G = make_optimizer(cfg.optimizer, self.G.parameters(), cfg.lr, betas, sp)
-        self.opt_D = make_optimizer(cfg.optimizer, self.D.parameters(), cfg.lr, betas, sp)
+        d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr  # two time-scales (TTUR) when set
+        self.opt_D = make_optimizer(cfg.optimizer, self.D.parameters(), d_lr, betas, sp)
         # G and D's first-order passes may be compiled; the penalty's double backward always
         # runs eager D (torch.compile has no double backward).
         self._G_run = torch.compile(self.G) if sp.compile else self.G

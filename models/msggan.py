@@ -318,6 +318,7 @@ class GanConfig:
     gp_lambda: float = 10.0          # WGAN-GP's lambda (any loss when > 0); R1's gamma for "ns-r1"
     drift: float = 0.001             # ProGAN's eps * D(real)^2; 0 disables
     lr: float = 1e-4                 # paper
+    d_lr: float | None = None        # D's own learning rate (TTUR); None = `lr`, as the paper
     batch_size: int = 16             # paper
     n_critic: int = 1                # D steps per G step
     optimizer: str = "rmsprop"       # paper; "adam" optional
@@ -344,6 +345,8 @@ class GanConfig:
         for name in ("latent_dim", "batch_size", "n_critic", "fixed_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.d_lr is not None and not self.d_lr > 0:
+            raise ValueError(f"d_lr must be > 0 or None, got {self.d_lr!r}")
         if not 0.0 <= self.ema_beta < 1.0:
             raise ValueError("ema_beta must be in [0, 1)")
         block_channels(self.depth, self.width)  # validates depth and width

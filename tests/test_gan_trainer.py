@@ -299,3 +299,20 @@ def test_dihedral_augmentation_is_seeded_resumable_and_off_by_default(patches):
         tiny_trainer(patches, augment="dihedral").load_state_dict(old)
     with pytest.raises(ValueError, match="augment"):
         config_from("paper", {"augment": "mixup"})
+
+
+def test_d_lr_sets_the_discriminators_learning_rate_alone(patches):
+    """Two time-scales (TTUR): `d_lr` is D's optimizer's lr; G keeps `lr`; None (default) is `lr`."""
+    both = tiny_trainer(patches, optimizer="adam", lr=1e-4)
+    ttur = tiny_trainer(patches, optimizer="adam", lr=1e-4, d_lr=4e-4)
+    assert [g["lr"] for g in both.opt_D.param_groups] == [1e-4]
+    assert [g["lr"] for g in ttur.opt_D.param_groups] == [4e-4]
+    assert [g["lr"] for g in ttur.opt_G.param_groups] == [1e-4]
+    both.train(1)
+    ttur.train(1)
+    # Same draws and G lr, other D step: D's weights after the first step differ.
+    assert any(not torch.equal(a, b) for a, b in zip(both.D.parameters(), ttur.D.parameters()))
+    with pytest.raises(ValueError, match="d_lr"):
+        config_from("paper", {"d_lr": 0.0})
+    for trainer in (both, ttur):
+        trainer.close()

@@ -105,6 +105,9 @@ def test_gan_bounds_at_the_edges_pass(no_checks):
         assert stored["overrides"] == {"d_width": d_width}
     problem = refused("train_gan", {**GAN, "overrides": {"d_width": 4}})
     assert "0.015625..2 or null" in locs(problem)[("overrides", "d_width")]
+    for d_lr in (None, 1e-8, 1):
+        assert validate_params("train_gan", {**GAN, "overrides": {"d_lr": d_lr}}, None, None)["overrides"] == {"d_lr": d_lr}
+    assert ("overrides", "d_lr") in locs(refused("train_gan", {**GAN, "overrides": {"d_lr": 2}}))
 
 
 def test_speed_options_are_bounded(no_checks):
