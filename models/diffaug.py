@@ -5,15 +5,15 @@ https://arxiv.org/abs/2006.10738) transforms both the real and the generated ima
 discriminator sees them, in D's update and in G's, so D cannot memorise a small real set while
 G still learns the untransformed distribution (the transform is applied to its output, and its
 gradient flows back through it). This is not in the MSG-GAN paper; it is one hypothesis for
-issue 8's CPU preset, where D sees each of a few thousand patches every epoch.
+the CPU presets, where D sees each of a few thousand patches every epoch (BENCHMARKS.md).
 
 MSG-GAN's D reads one image per scale (the generator's 4..64 px outputs, the reals' average
 pooled pyramid), so one sample's transform is drawn once in fractions of the image and applied
 at every scale: a shift of k pixels at 64 px is k/2 pixels at 32 px (bilinear), and a cutout box
-covers the same fraction of each scale. Otherwise the scales would disagree about where the
+covers the same part of each scale (a smaller scale's pixel keeps the share the box leaves). Otherwise the scales would disagree about where the
 tissue is, which D could use to tell reals from fakes.
 
-Randomness comes in as uniform numbers in [0, 1) (`draw_width` per sample) drawn by the caller
+Randomness comes in as uniform numbers in [0, 1) (`DRAW_WIDTH` per sample) drawn by the caller
 from its own stream, so the transform is a pure function of its inputs (replayable in a CUDA
 graph, resumable from a checkpoint).
 """

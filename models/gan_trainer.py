@@ -117,9 +117,8 @@ class GanTrainer:
 
         `inputs(k)` gives critic update k's uint8 reals, latents, penalty alphas and, with
         `diffaug`, the uniforms of its three augmentation draws (reals, fakes for D, fakes for
-        G; None without). With
-        `abort_fn` (eager steps only: a captured graph must not branch on the host), it is asked
-        before every critic update after the first; when it says stop, the step ends there and
+        G; None without). With `abort_fn` (eager steps only: a captured graph must not branch on
+        the host), it is asked before every critic update after the first; when it says stop, the step ends there and
         None is returned (the trainer is then marked torn)."""
         cfg, D, sp = self.config, self.D, self.speed
         D.requires_grad_(True)

@@ -46,8 +46,8 @@ def locs(problem: Problem) -> dict[tuple, str]:
 def test_override_tables_cover_every_config_field():
     from models.classifier import MODES, ClassifierConfig
     from models.gan_speed import PRECISIONS, TrainSpeed
-    from models.msggan import AUGMENTS, LOSSES, OPTIMIZERS, GanConfig
     from models.diffaug import POLICIES as DIFFAUG_POLICIES
+    from models.msggan import AUGMENTS, LOSSES, OPTIMIZERS, GanConfig
 
     assert set(GAN_OVERRIDES) == {f.name for f in dataclasses.fields(GanConfig)}
     assert set(CLASSIFIER_OVERRIDES) == {f.name for f in dataclasses.fields(ClassifierConfig)}
