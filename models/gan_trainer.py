@@ -73,6 +73,10 @@ class GanTrainer:
         self.opt_G = make_optimizer(cfg.optimizer, self.G.parameters(), cfg.lr, betas, sp)
         d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr  # two time-scales (TTUR) when set
         self.opt_D = make_optimizer(cfg.optimizer, self.D.parameters(), d_lr, betas, sp)
+        self._base_lrs = ((self.opt_G, cfg.lr), (self.opt_D, d_lr))
+        if cfg.lr_decay_steps and sp.cuda_graph:
+            # A captured step replays the lr it was recorded with; a schedule needs eager steps.
+            self.speed = sp = dataclasses.replace(sp, cuda_graph=False)
         # G and D's first-order passes may be compiled; the penalty's double backward always
         # runs eager D (torch.compile has no double backward).
         self._G_run = torch.compile(self.G) if sp.compile else self.G
@@ -121,6 +125,11 @@ class GanTrainer:
         the host), it is asked before every critic update after the first; when it says stop, the step ends there and
         None is returned (the trainer is then marked torn)."""
         cfg, D, sp = self.config, self.D, self.speed
+        if cfg.lr_decay_steps:
+            factor = cfg.lr_factor(self.step)
+            for opt, base in self._base_lrs:
+                for group in opt.param_groups:
+                    group["lr"] = base * factor
         D.requires_grad_(True)
         for k in range(cfg.n_critic):
             if k and abort_fn is not None and abort_fn():

@@ -319,6 +319,8 @@ class GanConfig:
     drift: float = 0.001             # ProGAN's eps * D(real)^2; 0 disables
     lr: float = 1e-4                 # paper
     d_lr: float | None = None        # D's own learning rate (TTUR); None = `lr`, as the paper
+    lr_decay_start: int = 0          # step at which both learning rates start a linear fall to 0
+    lr_decay_steps: int = 0          # ...reaching 0 this many steps later; 0 = constant (the paper)
     batch_size: int = 16             # paper
     n_critic: int = 1                # D steps per G step
     optimizer: str = "rmsprop"       # paper; "adam" optional
@@ -345,6 +347,8 @@ class GanConfig:
         for name in ("latent_dim", "batch_size", "n_critic", "fixed_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if int(self.lr_decay_start) < 0 or int(self.lr_decay_steps) < 0:
+            raise ValueError("lr_decay_start and lr_decay_steps must be >= 0")
         if self.d_lr is not None and not self.d_lr > 0:
             raise ValueError(f"d_lr must be > 0 or None, got {self.d_lr!r}")
         if not 0.0 <= self.ema_beta < 1.0:
@@ -352,6 +356,14 @@ class GanConfig:
         block_channels(self.depth, self.width)  # validates depth and width
         if self.d_width is not None:
             block_channels(self.depth, self.d_width)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rates' multiplier for the step after `step` completed ones: 1 until
+        `lr_decay_start`, then linear to 0 over `lr_decay_steps` (constant-then-linear-decay, as
+        in CycleGAN, Zhu et al. 2017, Sec. 4: it settles a generator that is still moving)."""
+        if self.lr_decay_steps <= 0:
+            return 1.0
+        return min(1.0, max(0.0, 1.0 - (step - self.lr_decay_start) / self.lr_decay_steps))
 
     @property
     def resolution(self) -> int:

@@ -316,3 +316,39 @@ def test_d_lr_sets_the_discriminators_learning_rate_alone(patches):
         config_from("paper", {"d_lr": 0.0})
     for trainer in (both, ttur):
         trainer.close()
+
+
+def test_lr_factor_holds_then_falls_linearly_to_zero():
+    cfg = config_from("paper", {"lr_decay_start": 10, "lr_decay_steps": 4})
+    assert [cfg.lr_factor(s) for s in (0, 9, 10, 11, 12, 13, 14, 20)] == [1, 1, 1, 0.75, 0.5, 0.25, 0, 0]
+    assert config_from("paper", {}).lr_factor(10**6) == 1.0  # the paper: constant
+    with pytest.raises(ValueError, match="lr_decay"):
+        config_from("paper", {"lr_decay_steps": -1})
+
+
+def test_lr_decay_sets_both_optimizers_each_step_and_resumes_bit_for_bit(patches):
+    """A resumed run re-derives the lr from its step count: the same weights as an unbroken run."""
+    decay = {"optimizer": "adam", "lr": 1e-3, "d_lr": 2e-3, "lr_decay_start": 1, "lr_decay_steps": 4}
+    whole = tiny_trainer(patches, **decay)
+    whole.train(3)  # steps 0, 1, 2 ran at factors 1, 1, 0.75
+    assert [g["lr"] for g in whole.opt_G.param_groups] == [pytest.approx(0.75e-3)]
+    assert [g["lr"] for g in whole.opt_D.param_groups] == [pytest.approx(1.5e-3)]
+    whole.train(6)
+    assert [g["lr"] for g in whole.opt_G.param_groups] == [pytest.approx(0.0)]  # step 5: factor 0
+    # At lr 0 Adam moves nothing: one more step leaves G's weights as they were.
+    before = [p.detach().clone() for p in whole.G.parameters()]
+    whole.train(7)
+    assert all(torch.equal(a, b) for a, b in zip(before, whole.G.parameters()))
+
+    first = tiny_trainer(patches, **decay)
+    first.train(2)
+    resumed = tiny_trainer(patches, **decay)
+    resumed.load_state_dict(torch.load(io.BytesIO(_saved(first.state_dict())), weights_only=True))
+    resumed.train(7)
+    assert_same_state(whole.state_dict(), resumed.state_dict())
+    # and the schedule changes the run: a constant lr ends elsewhere
+    constant = tiny_trainer(patches, optimizer="adam", lr=1e-3, d_lr=2e-3)
+    constant.train(7)
+    assert any(not torch.equal(a, b) for a, b in zip(whole.G.parameters(), constant.G.parameters()))
+    for trainer in (whole, first, resumed, constant):
+        trainer.close()
