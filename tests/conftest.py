@@ -149,24 +149,31 @@ class Service:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
-    def wait_job(self, job_id: str, timeout: float = 300, states=("succeeded", "failed", "cancelled")) -> dict:
+    def wait_until(self, job_id: str, predicate, timeout: float = 300, poll: float = 0.3,
+                   while_active: bool = False) -> dict:
+        """Poll the job until `predicate(job)` holds and return it. With `while_active` the job
+        must stay queued or running meanwhile: a wait for something mid-job fails at once, with
+        the job's state, when the job ended before a poll saw it."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             job = self.client.get(f"/v1/jobs/{job_id}").json()
-            if job["state"] in states:
+            if predicate(job):
                 return job
-            time.sleep(0.3)
-        raise TimeoutError(f"job {job_id} still {job['state']} after {timeout}s; logs in {self.home}")
+            seen = {"state": job["state"], "progress": job.get("progress"), "error": job.get("error"),
+                    "children": [(k["kind"], k["state"], k["progress"]) for k in job.get("children") or []]}
+            if while_active:
+                assert job["state"] in ("queued", "running"), f"job {job_id} ended before the wait was over: {seen}"
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} not there after {timeout}s: {seen}; logs in {self.home}")
+            time.sleep(poll)
+
+    def wait_job(self, job_id: str, timeout: float = 300, states=("succeeded", "failed", "cancelled")) -> dict:
+        return self.wait_until(job_id, lambda job: job["state"] in states, timeout)
 
     def wait_past_a_checkpoint(self, job_id: str, timeout: float = 180) -> dict:
         """Poll (tightly: the window is a few steps) until `past_a_checkpoint`; the job must not
         finish first."""
-        deadline = time.monotonic() + timeout
-        while not past_a_checkpoint(job := self.client.get(f"/v1/jobs/{job_id}").json()):
-            assert job["state"] in ("queued", "running"), f"job ended before a poll saw it past a checkpoint: {job}"
-            assert time.monotonic() < deadline, f"not past a checkpoint after {timeout}s: {job}"
-            time.sleep(0.05)
-        return job
+        return self.wait_until(job_id, past_a_checkpoint, timeout, poll=0.05, while_active=True)
 
     def stop(self) -> None:
         self.client.close()

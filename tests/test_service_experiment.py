@@ -3,8 +3,6 @@ cascade, and resume after the worker is killed mid-experiment."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.conftest import copy_patches, past_a_checkpoint
@@ -69,21 +67,11 @@ def test_experiment_params_are_checked(service, real_dataset):
     assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "weights": "/no/file.pth"}), 422)
 
 
-def wait_for(service, job_id, predicate, timeout=300):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = service.client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        kids = [(k["kind"], k["state"], k["progress"]) for k in job["children"]]
-        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, (job["progress"], kids)
-        time.sleep(0.2)
-
-
 def test_cancelling_the_experiment_cancels_its_children(service, real_dataset):
     c = service.client
     job_id = c.post("/v1/experiments", json=experiment(real_dataset, steps=3000)).json()["id"]
-    wait_for(service, job_id, lambda j: j["children"] and j["children"][0]["state"] == "running")
+    service.wait_until(job_id, lambda j: j["children"] and j["children"][0]["state"] == "running",
+                       poll=0.2, while_active=True)
     assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     job = service.wait_job(job_id, timeout=120)
     assert job["state"] == "cancelled"
@@ -101,7 +89,7 @@ def test_killed_worker_resumes_the_experiment_at_the_running_child(service, real
             return False
         return past_a_checkpoint(c.get(j["children"][0]["url"]).json(), by=1)
 
-    wait_for(service, job_id, gan_checkpointed)
+    service.wait_until(job_id, gan_checkpointed, poll=0.2, while_active=True)
     (worker,) = [w for w in service.workers if w.poll() is None]
     service.kill_worker(worker)
     service.start_worker()
