@@ -291,14 +291,26 @@ class TrainGanParams(Params):
         return [0, 1] if self.label == "both" else [self.label]
 
 
-def check_train_gan(params: TrainGanParams, settings: Settings, session: Session) -> None:
+def _gan_config(preset: str, overrides: dict, steps: int, title: str):  # noqa: ANN202 (GanConfig, imported late)
+    """The run's GanConfig, or a 422: overrides out of the config's own rules, or steps that
+    would go on past the lr schedule's end (they would train at lr 0 and change nothing)."""
     from models.msggan import config_from
 
-    dataset = _dataset(session, params.dataset_id)
     try:
-        config = config_from(params.preset, params.overrides)
+        config = config_from(preset, overrides)
     except (TypeError, ValueError) as exc:
-        raise Problem(422, "Invalid GAN overrides", str(exc)) from exc
+        raise Problem(422, title, str(exc)) from exc
+    end = config.lr_decay_start + config.lr_decay_steps
+    if config.lr_decay_steps and steps > end:
+        raise Problem(422, title, f"steps={steps} runs past the learning rates' decay to 0 at step {end} "
+                      f"(lr_decay_start={config.lr_decay_start} + lr_decay_steps={config.lr_decay_steps}): "
+                      f"use steps <= {end} or a later decay.")
+    return config
+
+
+def check_train_gan(params: TrainGanParams, settings: Settings, session: Session) -> None:
+    dataset = _dataset(session, params.dataset_id)
+    config = _gan_config(params.preset, params.overrides, params.steps, "Invalid GAN overrides")
     from models.gan_speed import TrainSpeed
 
     try:
@@ -487,7 +499,6 @@ class ExperimentParams(ClassifierParams):
 
 def check_experiment(params: ExperimentParams, settings: Settings, session: Session) -> None:
     from models.gan_speed import TrainSpeed
-    from models.msggan import config_from
 
     dataset = _dataset(session, params.dataset_id)
     if dataset.kind != "real":
@@ -497,8 +508,8 @@ def check_experiment(params: ExperimentParams, settings: Settings, session: Sess
     if int(dataset.n_patients or 0) < 3:
         raise Problem(422, "Too few patients", f"Dataset {dataset.id} has {dataset.n_patients} patient(s); the "
                       "experiment splits patients three ways (GAN training, classification, audit holdout).")
+    _gan_config(params.preset, params.overrides, params.steps, "Invalid GAN settings")
     try:
-        config_from(params.preset, params.overrides)
         TrainSpeed.from_dict(params.speed)
     except (TypeError, ValueError) as exc:
         raise Problem(422, "Invalid GAN settings", str(exc)) from exc

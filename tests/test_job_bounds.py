@@ -110,6 +110,17 @@ def test_gan_bounds_at_the_edges_pass(no_checks):
     assert ("overrides", "d_lr") in locs(refused("train_gan", {**GAN, "overrides": {"d_lr": 2}}))
 
 
+def test_steps_past_the_lr_decays_end_are_a_422_naming_the_end():
+    decay = {"lr_decay_start": 3000, "lr_decay_steps": 3000}
+    assert job_kinds._gan_config("cpu-small-he", decay, 6000, "Invalid").lr_factor(5999) > 0
+    assert job_kinds._gan_config("cpu-small-he", decay, 4500, "Invalid").lr_decay_steps == 3000  # a partial decay
+    assert job_kinds._gan_config("cpu-small-he", {}, 10**6, "Invalid").lr_decay_steps == 0  # no schedule, no end
+    with pytest.raises(Problem) as exc:
+        job_kinds._gan_config("cpu-small-he", decay, 6001, "Invalid GAN overrides")
+    assert exc.value.status == 422 and exc.value.title == "Invalid GAN overrides"
+    assert "decay to 0 at step 6000" in exc.value.detail and "steps <= 6000" in exc.value.detail
+
+
 def test_speed_options_are_bounded(no_checks):
     problem = refused("train_gan", {**GAN, "speed": {"read_ahead": 1000, "sync_every": 0, "warp": 1}})
     assert set(locs(problem)) == {("speed", "read_ahead"), ("speed", "sync_every"), ("speed", "warp")}
