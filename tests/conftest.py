@@ -40,6 +40,12 @@ def past_a_checkpoint(job: dict, by: int = 3) -> bool:
             and job["progress"]["current"] >= job["checkpoints"][-1]["step"] + by)
 
 
+def _job_summary(job: dict) -> dict:
+    """What a failed wait reports: the job's state, progress, error and its children's states."""
+    return {"state": job["state"], "progress": job.get("progress"), "error": job.get("error"),
+            "children": [(k["kind"], k["state"], k["progress"]) for k in job.get("children") or []]}
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "10255").is_dir():
@@ -159,12 +165,11 @@ class Service:
             job = self.client.get(f"/v1/jobs/{job_id}").json()
             if predicate(job):
                 return job
-            seen = {"state": job["state"], "progress": job.get("progress"), "error": job.get("error"),
-                    "children": [(k["kind"], k["state"], k["progress"]) for k in job.get("children") or []]}
             if while_active:
-                assert job["state"] in ("queued", "running"), f"job {job_id} ended before the wait was over: {seen}"
+                assert job["state"] in ("queued", "running"), \
+                    f"job {job_id} ended before the wait was over: {_job_summary(job)}"
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} not there after {timeout}s: {seen}; logs in {self.home}")
+                raise TimeoutError(f"job {job_id} not there after {timeout}s: {_job_summary(job)}; logs in {self.home}")
             time.sleep(poll)
 
     def wait_job(self, job_id: str, timeout: float = 300, states=("succeeded", "failed", "cancelled")) -> dict:
