@@ -22,6 +22,11 @@ every sample set in the features of domain classifiers trained with other seeds 
 `fid_by_classifier`, and its mean over GAN seeds): nor is one classifier's (campaign 12).
 --fid-n also gives FID on the first k of the same samples (`fid_at_n`): FID is biased upward
 by a term that shrinks with the sample count, and comparing k with --n shows its size.
+--select-from S picks each training's best snapshot without looking at the holdout: at every
+eval point from step S on it draws a second, independent sample set (sampling seed + 1) and
+scores it against the GAN's own training patches (`fid_train`); `selected` is the holdout score
+of the point with the lowest `fid_train` (model selection on training data, as a user without a
+holdout would do it; the selection samples and reference are disjoint from the scored ones).
 The last line is one JSON object.
 """
 
@@ -119,16 +124,18 @@ def one_thread_child(parent: int) -> None:
 
 
 def train_and_sample(preset: str, overrides: dict, steps: int, eval_at: list[int], n: int, seed: int,
-                     gan_train: np.ndarray, extra_ema: tuple[float, ...] = ()) -> dict:
+                     gan_train: np.ndarray, extra_ema: tuple[float, ...] = (), select_from: int | None = None) -> dict:
     """Train one config to `steps`, sampling n patches of the EMA generator at every eval point:
     {"samples": {point: (uint8 patches, training seconds so far)}, "grid", "last_losses",
-    "threads"}, a point being the step, or "step@ema<beta>" for an `extra_ema` average."""
+    "threads"}, a point being the step, or "step@ema<beta>" for an `extra_ema` average. With
+    `select_from`, "selection" holds a second sample set (seed + 1) per trainer-EMA point from
+    that step on, for choosing a snapshot without the holdout."""
     config = config_from(preset, overrides)
     trainer = GanTrainer(config, gan_train)
     # Extra EMAs of G kept here, beside the trainer's own: the training is the same whatever the
     # EMA's beta, so one run scores every beta (ema <- beta * ema + (1 - beta) * G, each step).
     emas = {beta: copy.deepcopy(trainer.G).requires_grad_(False) for beta in extra_ema}
-    train_s, samples = 0.0, {}
+    train_s, samples, selection = 0.0, {}, {}
     for target in sorted({*[s for s in eval_at if 0 < s < steps], steps}):
         t0 = time.perf_counter()
         if emas:
@@ -145,8 +152,10 @@ def train_and_sample(preset: str, overrides: dict, steps: int, eval_at: list[int
         for point, state in states.items():
             G = build_generator_from_state(config.to_dict(), state)
             samples[point] = (np.concatenate(list(iter_samples(G, n, seed=seed, size=50))), train_s)
+            if select_from is not None and "@" not in point and target >= select_from:
+                selection[point] = np.concatenate(list(iter_samples(G, n, seed=seed + 1, size=50)))
     trainer.close()
-    return {"samples": samples, "grid": sample_grid_png(trainer.sample_fixed()),
+    return {"samples": samples, "selection": selection, "grid": sample_grid_png(trainer.sample_fixed()),
             "last_losses": trainer.history[-1], "threads": torch.get_num_threads()}
 
 
@@ -175,6 +184,9 @@ def main() -> None:
     ap.add_argument("--fid-n", type=int, nargs="*", default=[],
                     help="also FID on the first k of each config's --n samples, in every classifier (`fid_at_n`): "
                          "FID's upward bias shrinks as the sample count grows, and k against --n shows its size")
+    ap.add_argument("--select-from", type=int, default=None,
+                    help="also pick each training's best eval point from this step on by FID against its own "
+                         "training patches on separate samples (`selected`; never looks at the holdout)")
     ap.add_argument("--jobs", type=int, default=1, help="train this many configs at once, one thread each")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -205,6 +217,9 @@ def main() -> None:
     floor = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(floor_patches), seed=args.seed)
     other_feats = {c: ex(holdout) for c, ex in others.items()}
     other_floors = {c: fid_in(ex, other_feats[c], floor_patches, args.seed) for c, ex in others.items()}
+    # The selection's reference: the GAN's own training patches (another draw than the floor's).
+    train_ref = gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed + 1)]
+    train_feats = extractor(train_ref) if args.select_from is not None else None
     result = {"bench": "preset_fid", "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
               "n_gan_train": len(gan_train), "holdout_patients": int(len(set(patients[held].tolist()))),
               "classifier_patients": int(len(set(patients[for_classifier].tolist()))),
@@ -239,8 +254,11 @@ def main() -> None:
                     curve[point]["fid_at_n_by_classifier"] = {
                         str(c): {str(k): fid_of(other_feats[c], f[:k], args.seed) for k in fid_n}
                         for c, f in other_fake.items()}
+            if point in run.get("selection", {}):  # model selection: own samples, training reference
+                curve[point]["fid_train"] = fid_in(extractor, train_feats, run["selection"][point], args.seed)
             log(f"{text} @ {point}: FID {curve[point]['fid']:.2f}, density {curve[point]['density']:.3f}, "
                 f"coverage {curve[point]['coverage']:.3f}, {train_s:.0f} s"
+                + (f"; FID against its training patches {curve[point]['fid_train']:.2f}" if "fid_train" in curve[point] else "")
                 + "".join(f"; FID in classifier {c}: {v:.2f}" for c, v in curve[point].get("fid_by_classifier", {}).items())
                 + "".join(f"; FID of the first {k}: {v:.2f}" for k, v in curve[point].get("fid_at_n", {}).items()))
         name = text.replace(" ", "").replace("/", "_").replace('"', "").replace(":", "_").replace("{", "").replace("}", "")
@@ -250,6 +268,13 @@ def main() -> None:
         scored[text] = {"steps": steps, "metrics": metrics, "train_s": train_s,
                         "s_per_step": round(train_s / steps, 4), "grid": f"{name}.png",
                         "curve": curve, "last_losses": run["last_losses"], "threads": run["threads"]}
+        candidates = [p for p in curve if "fid_train" in curve[p]]
+        if candidates:
+            best = min(candidates, key=lambda p: curve[p]["fid_train"])
+            scored[text]["selected"] = {"point": best, **{k: v for k, v in curve[best].items()
+                                                          if k in ("fid", "fid_by_classifier", "fid_train",
+                                                                   "density", "coverage")}}
+            log(f"{text}: selected @ {best} by FID against its training patches; holdout FID {curve[best]['fid']:.2f}")
         log(f"{text}: FID {metrics['fid']['fid']:.2f} (floor {floor['fid']['fid']:.2f}), "
             f"density {metrics['density_coverage']['density']:.3f}, coverage {metrics['density_coverage']['coverage']:.3f}, "
             f"{train_s:.0f} s")
@@ -264,13 +289,14 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=one_thread_child, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(train_and_sample, preset, overrides, steps, args.eval_at, args.n, args.seed,
-                                   gan_train, tuple(args.ema)): (text, steps) for text, preset, overrides, steps in runs}
+                                   gan_train, tuple(args.ema), args.select_from): (text, steps)
+                       for text, preset, overrides, steps in runs}
             for future in as_completed(futures):
                 score(*futures[future], future.result())
     else:
         for text, preset, overrides, steps in runs:
             score(text, steps, train_and_sample(preset, overrides, steps, args.eval_at, args.n, args.seed, gan_train,
-                                                tuple(args.ema)))
+                                                tuple(args.ema), args.select_from))
     if args.seeds:
         result["over_seeds"] = over_seeds(scored, args.configs, args.seeds)
         for text, points in result["over_seeds"].items():
@@ -284,9 +310,11 @@ def over_seeds(scored: dict[str, dict], configs: list[str], seeds: list[int]) ->
     """Per config and eval point: FID mean, sample sd (ddof 1) and the per-seed values."""
     out: dict[str, dict] = {}
     for text in configs:
-        curves = [scored[f"{text}#seed{seed}"]["curve"] for seed in seeds]
+        runs = [scored[f"{text}#seed{seed}"] for seed in seeds]
+        # "selected" is a pseudo-point: each seed's own chosen snapshot (--select-from)
+        curves = [{**r["curve"], **({"selected": r["selected"]} if "selected" in r else {})} for r in runs]
         out[text] = {}
-        for point in curves[0]:
+        for point in [p for p in curves[0] if all(p in c for c in curves)]:
             fids = np.array([c[point]["fid"] for c in curves])
             out[text][point] = {"fid_mean": float(fids.mean()), "fid_sd": float(fids.std(ddof=1)) if len(fids) > 1 else 0.0,
                                 "fids": fids.tolist()}
