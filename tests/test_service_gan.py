@@ -91,6 +91,20 @@ def test_generations_yield_pngs_of_requested_size(service, trained):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+def test_generations_replay_an_idempotency_key(service, trained):
+    # /v1/generations answers a replayed key exactly as /v1/jobs does (app/api/submission.py)
+    body, headers = {"label": 1, "n": 3, "seed": 11}, {"Idempotency-Key": "generation-replay-1"}
+    first = service.client.post("/v1/generations", json=body, headers=headers)
+    again = service.client.post("/v1/generations", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202, first.text
+    assert first.json()["id"] == again.json()["id"]
+    assert first.headers["location"] == again.headers["location"] == f"/v1/jobs/{first.json()['id']}"
+    assert "idempotent-replayed" not in first.headers and again.headers.get("idempotent-replayed") == "true"
+    assert_problem(service.client.post("/v1/generations", json={**body, "seed": 12}, headers=headers),
+                   422, "idempotency")
+    assert service.wait_job(first.json()["id"])["state"] == "succeeded"
+
+
 def test_generation_and_training_bad_input(service, trained, real_slice, negatives_only):
     c = service.client
     assert_problem(c.post("/v1/generations", json={"label": "IDC?", "n": 4}), 422, "label")

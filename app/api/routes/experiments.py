@@ -7,11 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Response
 
 from app.api.deps import JobRate, PrincipalDep, QueueDep, SessionDep, SettingsDep
-from app.api.schemas import JobPublic, job_public
-from app.job_kinds import validate_params
-from app.ownership import check_references
-from app.quotas import check_job_quota
-from app.submit import submit
+from app.api.schemas import JobPublic
+from app.api.submission import accept_job
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
@@ -25,12 +22,4 @@ def create_experiment(
     idempotency_key: Annotated[str | None, Header(max_length=160)] = None,
 ) -> JobPublic:
     """Body: the experiment job's params (README, Job kinds); its steps appear as `children`."""
-    check_references(session, principal, "experiment", body)
-    params = validate_params("experiment", body, settings, session)
-    check_references(session, principal, "experiment", params)
-    check_job_quota(session, settings, principal)
-    job, created = submit(session, settings, queue, "experiment", params, idempotency_key, principal.key_id)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return job_public(session, job)
+    return accept_job(response, session, settings, queue, principal, "experiment", body, idempotency_key)

@@ -7,11 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Response
 
 from app.api.deps import JobRate, PrincipalDep, QueueDep, SessionDep, SettingsDep
-from app.api.schemas import JobPublic, job_public
-from app.job_kinds import validate_params
-from app.ownership import check_references
-from app.quotas import check_job_quota
-from app.submit import submit
+from app.api.schemas import JobPublic
+from app.api.submission import accept_job
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
 
@@ -23,10 +20,4 @@ def create_generation(
     idempotency_key: Annotated[str | None, Header(max_length=160)] = None,
 ) -> JobPublic:
     """Body: {"label": "IDC+"|"IDC-"|1|0, "n": N, "seed"?: S, "model_id"?: M, "size"?: 64|50}."""
-    check_references(session, principal, "generate", body)
-    params = validate_params("generate", body, settings, session)
-    check_references(session, principal, "generate", params)
-    check_job_quota(session, settings, principal)
-    job, created = submit(session, settings, queue, "generate", params, idempotency_key, principal.key_id)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_public(session, job)
+    return accept_job(response, session, settings, queue, principal, "generate", body, idempotency_key)

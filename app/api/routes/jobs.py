@@ -11,10 +11,8 @@ from app import jobs
 from app.api.deps import JobRate, PrincipalDep, QueueDep, SessionDep, SettingsDep
 from app.api.schemas import (PAGE_MAX, CheckpointList, JobCreate, JobList, JobPublic, checkpoint_public, job_public,
                              job_rows)
-from app.job_kinds import validate_params
-from app.ownership import check_references, get_readable, visible
-from app.quotas import check_job_quota
-from app.submit import submit
+from app.api.submission import accept_job
+from app.ownership import get_readable, visible
 from app.tables import JOB_STATES, Checkpoint, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -25,15 +23,7 @@ def create_job(
     body: JobCreate, response: Response, session: SessionDep, settings: SettingsDep, queue: QueueDep,
     principal: PrincipalDep, idempotency_key: Annotated[str | None, Header(max_length=160)] = None,
 ) -> JobPublic:
-    check_references(session, principal, body.kind, body.params)  # before anything is resolved or echoed
-    params = validate_params(body.kind, body.params, settings, session)
-    check_references(session, principal, body.kind, params)  # and what validation resolved (defaults)
-    check_job_quota(session, settings, principal)
-    job, created = submit(session, settings, queue, body.kind, params, idempotency_key, principal.key_id)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return job_public(session, job)
+    return accept_job(response, session, settings, queue, principal, body.kind, body.params, idempotency_key)
 
 
 @router.get("", response_model=JobList)
