@@ -63,6 +63,7 @@ EPOCHS = (1, 200)
 INPUT_SIZE = (32, 512)
 MIN_EVERY = 10  # sample_every / checkpoint_every: 0 (off) or at least this many steps
 MAX_GRIDS = 1000  # sample grids per job (labels x steps // sample_every), and checkpoints alike
+MAX_SELECTION_POINTS = 200  # snapshots scored per label (select_every): each costs select_samples samples + features
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,23 @@ def _label_count(dataset, label: int) -> int:  # noqa: ANN001
     return int(dataset.counts.get("by_label", {}).get(str(label), 0))
 
 
+SELECT_EVERY = ("0 (off): the model is the last step's EMA generator, as in the paper. Otherwise, every so many "
+                "steps from select_start (and at the last step), the EMA generator's samples are scored by FID "
+                "against its own training patches in a domain classifier's features, and the model is the "
+                "best-scoring snapshot (models/snapshot_selection.py; no holdout patient is looked at)")
+
+
+def _check_selection(params: Any, title: str) -> None:
+    """select_every's bound: at most MAX_SELECTION_POINTS scored snapshots per label."""
+    from models.snapshot_selection import scored_steps
+
+    points = len(scored_steps(params.select_start, params.select_every, params.steps))
+    if points > MAX_SELECTION_POINTS:
+        raise _out_of_bounds(title, "select_every", params.select_every, (
+            f"{params.select_every} scores {points} snapshots from step {params.select_start} to {params.steps}; "
+            f"at most {MAX_SELECTION_POINTS} per label: raise select_every or select_start"))
+
+
 class TrainGanParams(Params):
     dataset_id: Id
     label: Label | Literal["both"] = Field(description="1/'IDC+', 0/'IDC-', or 'both' (one model per label)")
@@ -270,6 +288,21 @@ class TrainGanParams(Params):
     checkpoint_every: Every = Field(500, description=f"0 (off) or >= {MIN_EVERY} steps")
     sample_every: Every = Field(500, description=f"0 (off) or >= {MIN_EVERY} steps")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    select_every: Every = Field(0, description=SELECT_EVERY)
+    select_start: int = Field(0, ge=0, le=GAN_STEPS_MAX, description="The first step select_every scores")
+    select_samples: int = Field(2000, ge=50, le=20_000, description="Samples per score, and training patches in "
+                                "the score's reference")
+    select_classifier_model_id: str | None = Field(None, max_length=64, description=RESOLVED + "With select_every: "
+                                                   "the classifier whose features score snapshots; default the "
+                                                   "promoted classifier")
+
+    @model_validator(mode="after")
+    def _bounded_selection(self) -> "TrainGanParams":
+        _check_selection(self, type(self).__name__)
+        if not self.select_every and self.select_classifier_model_id is not None:
+            raise _out_of_bounds(type(self).__name__, "select_classifier_model_id", self.select_classifier_model_id,
+                                 "select_classifier_model_id needs select_every > 0")
+        return self
 
     @model_validator(mode="after")
     def _bounded_outputs(self) -> "TrainGanParams":
@@ -308,7 +341,21 @@ def _gan_config(preset: str, overrides: dict, steps: int, title: str):  # noqa: 
     return config
 
 
-def check_train_gan(params: TrainGanParams, settings: Settings, session: Session) -> None:
+def _selection_classifier(session: Session, model_id: str | None) -> str:
+    """The classifier that scores snapshots: the one named, or the promoted one."""
+    from app.tables import ModelVersion
+
+    row = session.get(ModelVersion, model_id) if model_id else model_registry.promoted(session, "classifier")
+    if row is None or row.kind != "classifier":
+        if model_id:
+            raise Problem(422, "Not a classifier", f"select_classifier_model_id: model {model_id!r} is not a classifier.")
+        raise Problem(409, "No classifier to score snapshots",
+                      "select_every scores snapshots in a domain classifier's features: train one "
+                      "(train_classifier), promote it or pass select_classifier_model_id, or set select_every 0.")
+    return row.id
+
+
+def check_train_gan(params: TrainGanParams, settings: Settings, session: Session) -> TrainGanParams | None:
     dataset = _dataset(session, params.dataset_id)
     config = _gan_config(params.preset, params.overrides, params.steps, "Invalid GAN overrides")
     from models.gan_speed import TrainSpeed
@@ -323,6 +370,9 @@ def check_train_gan(params: TrainGanParams, settings: Settings, session: Session
             raise Problem(422, "Dataset lacks that label",
                           f"Dataset {dataset.id} has {n} patches of label {label}; training needs at least "
                           f"batch_size={config.batch_size}.")
+    if params.select_every:
+        return _resolved(params, select_classifier_model_id=_selection_classifier(session, params.select_classifier_model_id))
+    return None
 
 
 class GenerateParams(Params):
@@ -491,6 +541,15 @@ class ExperimentParams(ClassifierParams):
     audit_max_samples: int = Field(2000, ge=10, le=200_000)
     domain_epochs: int = Field(3, ge=EPOCHS[0], le=EPOCHS[1], description="Epochs of the audit's domain ResNet18 (64 px, finetune)")
     seed: Seed = 0
+    select_every: Every = Field(0, description=SELECT_EVERY + "; here in the features of the experiment's own "
+                                "domain classifier, trained before the generators")
+    select_start: int = Field(0, ge=0, le=GAN_STEPS_MAX, description="The first step select_every scores")
+    select_samples: int = Field(2000, ge=50, le=20_000, description="Samples per score")
+
+    @model_validator(mode="after")
+    def _bounded_selection(self) -> "ExperimentParams":
+        _check_selection(self, type(self).__name__)
+        return self
 
     def _classifier_overrides(self) -> dict[str, Any]:
         # The evaluate step's classifier: `overrides` are the GAN's here.

@@ -162,6 +162,47 @@ def test_outputs_per_job_are_capped(no_checks, name):
     refused("train_gan", {**raw, "label": 1, name: 999})
 
 
+def test_snapshot_selection_is_bounded(no_checks):
+    assert ("select_every",) in locs(refused("train_gan", {**GAN, "select_every": 5}))  # 0 (off) or >= 10
+    assert ("select_samples",) in locs(refused("train_gan", {**GAN, "select_every": 250, "select_samples": 10}))
+    raw = {**GAN, "steps": 5000, "select_every": 10}  # 500 scored snapshots
+    message = locs(refused("train_gan", raw))[("select_every",)]
+    assert "500 snapshots" in message and "at most 200" in message
+    stored = validate_params("train_gan", {**raw, "select_start": 3010}, None, None)  # 200: at the cap
+    assert stored["select_every"] == 10 and stored["select_start"] == 3010
+    refused("train_gan", {**raw, "select_start": 3000})  # 201
+    # a classifier for the scores means nothing without them
+    problem = refused("train_gan", {**GAN, "select_classifier_model_id": "m1"})
+    assert "needs select_every > 0" in locs(problem)[("select_classifier_model_id",)]
+    assert validate_params("train_gan", GAN, None, None)["select_every"] == 0  # off by default, as the paper
+    # the experiment passes the same bounds on to its train_gan child
+    assert ("select_every",) in locs(refused("experiment", {"dataset_id": "d1", "steps": 5000, "select_every": 10}))
+    validate_params("experiment", {"dataset_id": "d1", "steps": 4000, "select_every": 250, "select_start": 2000},
+                    None, None)
+
+
+def test_selection_needs_a_classifier(monkeypatch):
+    class Row:
+        def __init__(self, kind: str) -> None:
+            self.id, self.kind = f"{kind}-1", kind
+
+    class Session:
+        def get(self, table, row_id):  # noqa: ANN001, ANN202
+            return {"gen-1": Row("generator"), "cls-1": Row("classifier")}.get(row_id)
+
+    monkeypatch.setattr(job_kinds.model_registry, "promoted", lambda session, kind, label=None: None)
+    with pytest.raises(Problem) as exc:
+        job_kinds._selection_classifier(Session(), None)  # none named, none promoted
+    assert exc.value.status == 409 and "select_classifier_model_id" in exc.value.detail
+    for named in ("gen-1", "missing"):
+        with pytest.raises(Problem) as exc:
+            job_kinds._selection_classifier(Session(), named)
+        assert exc.value.status == 422 and "not a classifier" in exc.value.detail
+    assert job_kinds._selection_classifier(Session(), "cls-1") == "classifier-1"
+    monkeypatch.setattr(job_kinds.model_registry, "promoted", lambda session, kind, label=None: Row(kind))
+    assert job_kinds._selection_classifier(Session(), None) == "classifier-1"  # the promoted one
+
+
 @pytest.mark.parametrize("steps", [1, 3, 9, 300, 4001, 123_457, 5_000_000])
 @pytest.mark.parametrize("n_labels", [1, 2])
 def test_smallest_every_keeps_a_job_within_the_cap(no_checks, steps, n_labels):

@@ -11,7 +11,8 @@ from tests.test_service_ingest import assert_problem
 pytestmark = pytest.mark.integration
 TINY_GAN = {"width": 1 / 32, "latent_dim": 32, "batch_size": 8, "fixed_samples": 4}
 PATIENTS = ["10255", "10273", "10275", "10290", "10292", "10299", "10301", "10302", "10305", "10308"]
-CHILD_KINDS = ["train_gan", "generate", "generate", "train_classifier", "evaluate", "audit", "audit"]
+CHILD_KINDS = ["train_classifier", "train_gan", "generate", "generate", "evaluate", "audit", "audit"]
+SELECT = {"select_every": 10, "select_samples": 60}  # score a snapshot every 10 steps, 60 samples each
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,14 @@ def experiment(dataset_id: str, steps: int = 3) -> dict:
             "domain_epochs": 1, "audit_max_samples": 200, "augment_fraction": 0.3}
 
 
+def child(job: dict, kind: str) -> dict:
+    (found,) = [k for k in job["children"] if k["kind"] == kind]
+    return found
+
+
 def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
     c = service.client
-    resp = c.post("/v1/experiments", json=experiment(real_dataset))
+    resp = c.post("/v1/experiments", json={**experiment(real_dataset, steps=20), **SELECT})
     assert resp.status_code == 202, resp.text
     job = service.wait_job(resp.json()["id"], timeout=600)
     assert job["state"] == "succeeded", job["error"]
@@ -51,10 +57,21 @@ def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
     assert overlap["known"] and overlap["train_patients"] == overlap["holdout_patients"] == 0
     gan_job = c.get(f"/v1/jobs/{job['result']['children']['train_gan']}").json()
     assert gan_job["params"]["dataset_id"] == parts["gan"]["dataset_id"]
+    # each generator is its best snapshot, scored in the experiment's own domain classifier's features
+    assert gan_job["params"]["select_classifier_model_id"] == job["result"]["domain_classifier"]
+    for label in ("0", "1"):
+        chosen = gan_job["metrics"][f"label{label}"]["selection"]
+        assert set(chosen["fid_train"]) == {"10", "20"} and chosen["samples"] == 60
+        assert chosen["selected_fid_train"] == min(chosen["fid_train"].values())
+        assert chosen["fid_train"][str(chosen["selected_step"])] == chosen["selected_fid_train"]
+        assert job["result"]["selected_steps"][label] == chosen["selected_step"]
+        model = c.get(f"/v1/models/{job['result']['generators'][label]}").json()
+        assert model["config"]["selected_step"] == chosen["selected_step"]
+        assert chosen["features"]["model_id"] == job["result"]["domain_classifier"]
     names = {a["name"]: a for a in job["artifacts"]}
     report = c.get(names["report.md"]["url"]).text
     for section in ("Patients, split three ways", "beside the paper's Table 3", "Does synthetic data help?",
-                    "## Audit", "## Steps (child jobs)", "TSTR"):
+                    "## Audit", "## Steps (child jobs)", "TSTR", "best snapshot, scored every 10 steps"):
         assert section in report
     assert c.get(names["report.json"]["url"]).json()["generators"] == job["result"]["generators"]
 
@@ -70,24 +87,25 @@ def test_experiment_params_are_checked(service, real_dataset):
 def test_cancelling_the_experiment_cancels_its_children(service, real_dataset):
     c = service.client
     job_id = c.post("/v1/experiments", json=experiment(real_dataset, steps=3000)).json()["id"]
-    service.wait_until(job_id, lambda j: j["children"] and j["children"][0]["state"] == "running",
+    service.wait_until(job_id, lambda j: any(k["kind"] == "train_gan" and k["state"] == "running" for k in j["children"]),
                        poll=0.2, while_active=True)
     assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     job = service.wait_job(job_id, timeout=120)
     assert job["state"] == "cancelled"
-    assert [k["state"] for k in job["children"]] == ["cancelled"]  # no later step was started
+    # the domain classifier had finished; the generators' training was cancelled; no later step started
+    assert [(k["kind"], k["state"]) for k in job["children"]] == [("train_classifier", "succeeded"),
+                                                                   ("train_gan", "cancelled")]
 
 
 @pytest.mark.worker_kill
 def test_killed_worker_resumes_the_experiment_at_the_running_child(service, real_dataset):
     c = service.client
     # 60 steps checkpoint every 15 (worker/experiment.py): the kill lands mid-way through label 0
-    job_id = c.post("/v1/experiments", json=experiment(real_dataset, steps=60)).json()["id"]
+    job_id = c.post("/v1/experiments", json={**experiment(real_dataset, steps=60), **SELECT}).json()["id"]
 
     def gan_checkpointed(j):
-        if not j["children"]:
-            return False
-        return past_a_checkpoint(c.get(j["children"][0]["url"]).json(), by=1)
+        gans = [k for k in j["children"] if k["kind"] == "train_gan"]
+        return bool(gans) and past_a_checkpoint(c.get(gans[0]["url"]).json(), by=1)
 
     service.wait_until(job_id, gan_checkpointed, poll=0.2, while_active=True)
     (worker,) = [w for w in service.workers if w.poll() is None]
@@ -97,8 +115,13 @@ def test_killed_worker_resumes_the_experiment_at_the_running_child(service, real
     assert job["state"] == "succeeded", job["error"]
     assert job["attempts"] == 2
     assert [k["kind"] for k in job["children"]] == CHILD_KINDS  # the children were found again, not repeated
-    gan = c.get(job["children"][0]["url"]).json()
+    gan = c.get(child(job, "train_gan")["url"]).json()
     assert gan["attempts"] == 2
     assert gan["metrics"]["label0"]["resumed_from_step"] > 0  # label 0 trains first: it was mid-way at the kill
+    # the scores made before the kill came back with the checkpoint: every step scored once, none lost
+    for label in ("label0", "label1"):
+        chosen = gan["metrics"][label]["selection"]
+        assert sorted(map(int, chosen["fid_train"])) == [10, 20, 30, 40, 50, 60]
+        assert chosen["selected_fid_train"] == min(chosen["fid_train"].values())
     datasets = [d for d in c.get("/v1/datasets", params={"limit": 500}).json()["data"] if d["job_id"] == job_id]
     assert len(datasets) == 3  # the three parts, written once

@@ -128,6 +128,11 @@ def test_generation_and_training_bad_input(service, trained, real_slice, negativ
     speed = dict(odd, overrides={}, speed={"precision": "fp8"})
     assert_problem(c.post("/v1/jobs", json={"kind": "train_gan", "params": speed}), 422, "precision")
     assert_problem(c.post("/v1/generations", json={"label": "IDC+", "n": 4, "precision": "fp8"}), 422)
+    # best-snapshot selection scores in a classifier's features: a generator's id is refused
+    chosen = dict(odd, overrides={}, select_every=10, select_classifier_model_id=model_id)
+    assert_problem(c.post("/v1/jobs", json={"kind": "train_gan", "params": chosen}), 422, "not a classifier")
+    assert_problem(c.post("/v1/jobs", json={"kind": "train_gan", "params": dict(chosen, select_every=0)}), 422,
+                   "needs select_every")
 
 
 @pytest.mark.worker_kill

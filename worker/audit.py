@@ -4,9 +4,7 @@ numbers recorded on the generator's model version too."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -16,21 +14,14 @@ from app.job_kinds import AuditParams
 from app.packed import LabelView, open_patches, read_index
 from app.tables import Dataset, ModelVersion
 from models.audit import audit_markdown, run_audit
-from models.feature_extractors import FeatureExtractor, FeatureWeightsMissingError, domain_extractor, inception_extractor
+from models.feature_extractors import FeatureExtractor, FeatureWeightsMissingError, inception_extractor
 from worker.context import JobContext, Outcome, UserError
+from worker.domain_features import load_domain_extractor
 from worker.figures import distance_histogram_png, pairs_grid_png
 from worker.models_store import pick_device
 
 CLOSEST_PAIRS = 16
 T = TypeVar("T")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolved(value: T | None, name: str) -> T:
@@ -59,18 +50,7 @@ def _extractor(ctx: JobContext) -> FeatureExtractor:
             return inception_extractor(ctx.settings.inception_weights, inception_search_dirs())
         except FeatureWeightsMissingError as exc:
             raise UserError(str(exc)) from exc
-    from models.classifier import load_classifier
-
-    model_id = _resolved(p.classifier_model_id, "classifier_model_id")
-    with session_scope(ctx.db_url) as s:
-        row = s.get(ModelVersion, model_id)
-        if row is None:
-            raise UserError(f"classifier {model_id} no longer exists")
-        key, version = row.key, row.version
-    path = ctx.storage.local_path(key)
-    model, config = load_classifier(path)
-    return domain_extractor(model, config.input_size, {"model_id": model_id, "model_version": version,
-                                                       "sha256": sha256_file(path)})
+    return load_domain_extractor(ctx, _resolved(p.classifier_model_id, "classifier_model_id"))
 
 
 def extractor_overlap(ctx: JobContext, train_patients: set[str], holdout_patients: set[str]) -> dict | None:

@@ -2,9 +2,10 @@
 
 1. split the real dataset's patients into GAN-training, classification and audit-holdout
    parts (models/experiment_plan.py), each written as a dataset of its own;
-2. train_gan on the GAN part (one generator per label);
-3. generate, per label, as many patches as the classification part holds;
-4. train_classifier on the classification part: the audit's domain feature extractor;
+2. train_classifier on the classification part: the audit's domain feature extractor (and,
+   with select_every, the features that pick each generator's best snapshot);
+3. train_gan on the GAN part (one generator per label);
+4. generate, per label, as many patches as the classification part holds;
 5. evaluate: the four-way protocol (and the augmentation rows) on the classification part
    against the synthetic sets;
 6. audit, per label, against the holdout patients;
@@ -36,7 +37,7 @@ from models.experiment_plan import part_targets, split_patients
 from worker.context import JobAborted, JobContext, Outcome, UserError, run_job, stable_id
 from worker.experiment_report import experiment_markdown
 
-STEPS = ("split", "train_gan", "generate_0", "generate_1", "domain_classifier", "evaluate", "audit_0", "audit_1",
+STEPS = ("split", "domain_classifier", "train_gan", "generate_0", "generate_1", "evaluate", "audit_0", "audit_1",
          "report")
 
 
@@ -113,6 +114,15 @@ def _step_name(kind: str, params: dict[str, Any]) -> str:
     return f"{kind}_{stored_params(kind, params).label}" if kind in ("generate", "audit") else kind
 
 
+def _selected_steps(ctx: JobContext, model_ids: dict[str, str]) -> dict[str, int]:
+    """Per label, the step whose snapshot each generator is (the last step without select_every)."""
+    from app.tables import ModelVersion
+
+    with session_scope(ctx.db_url) as s:
+        configs = {label: s.get(ModelVersion, mid).config or {} for label, mid in model_ids.items()}
+    return {label: int(c.get("selected_step", c.get("steps", 0))) for label, c in configs.items()}
+
+
 def handle_experiment(ctx: JobContext) -> Outcome:
     p: ExperimentParams = ctx.p
     total = len(STEPS)
@@ -124,25 +134,27 @@ def handle_experiment(ctx: JobContext) -> Outcome:
                   "device": p.device, "overrides": p.classifier_overrides}
     if p.max_per_class:
         classifier["max_per_class"] = p.max_per_class
-    progress(1, "train_gan")
-    gan = _child(ctx, "train_gan", "train_gan", {
-        "dataset_id": parts["gan"], "label": "both", "preset": p.preset, "steps": p.steps,
-        "overrides": p.overrides, "speed": p.speed, "device": p.device,
-        "checkpoint_every": max(smallest_every(p.steps, 2), min(500, p.steps // 4)), "sample_every": 0})
-    with session_scope(ctx.db_url) as s:
-        cls_counts = s.get(Dataset, parts["classify"]).counts["by_label"]
-    synthetic = {}
-    for label in (0, 1):
-        progress(2 + label, f"generate label {label}")
-        n = min(int(cls_counts.get(str(label), 0)), ctx.settings.max_generate_n)
-        synthetic[label] = _child(ctx, f"generate_{label}", "generate", {
-            "label": label, "n": max(n, 1), "model_id": gan["model_ids"][str(label)], "seed": p.seed,
-            "size": p.sample_size, "device": p.device})["dataset_id"]
-    progress(4, "domain classifier for the audit")
+    progress(1, "domain classifier for the audit")
     domain = _child(ctx, "domain_classifier", "train_classifier", {
         "dataset_id": parts["classify"], "weights": "none", "mode": "finetune", "input_size": 64,
         "epochs": p.domain_epochs, "overrides": {"batch_size": 64, "seed": p.seed},
         "device": p.device})
+    progress(2, "train_gan")
+    selection = ({"select_every": p.select_every, "select_start": p.select_start, "select_samples": p.select_samples,
+                  "select_classifier_model_id": domain["model_id"]} if p.select_every else {})
+    gan = _child(ctx, "train_gan", "train_gan", {
+        "dataset_id": parts["gan"], "label": "both", "preset": p.preset, "steps": p.steps,
+        "overrides": p.overrides, "speed": p.speed, "device": p.device,
+        "checkpoint_every": max(smallest_every(p.steps, 2), min(500, p.steps // 4)), "sample_every": 0, **selection})
+    with session_scope(ctx.db_url) as s:
+        cls_counts = s.get(Dataset, parts["classify"]).counts["by_label"]
+    synthetic = {}
+    for label in (0, 1):
+        progress(3 + label, f"generate label {label}")
+        n = min(int(cls_counts.get(str(label), 0)), ctx.settings.max_generate_n)
+        synthetic[label] = _child(ctx, f"generate_{label}", "generate", {
+            "label": label, "n": max(n, 1), "model_id": gan["model_ids"][str(label)], "seed": p.seed,
+            "size": p.sample_size, "device": p.device})["dataset_id"]
     progress(5, "evaluate")
     evaluate = _child(ctx, "evaluate", "evaluate", {
         **classifier, "real_dataset_id": parts["classify"], "synthetic_dataset_ids": [synthetic[0], synthetic[1]],
@@ -165,7 +177,8 @@ def handle_experiment(ctx: JobContext) -> Outcome:
                "augmentation": evaluate.get("augmentation"),
                "audit": {str(label): audits[label]["summary"] for label in (0, 1)}, "children": child_ids,
                "evaluate_report_artifact": (evaluate.get("artifacts") or {}).get("report_md"),
-               "params": p.model_dump(include={"fraction", "preset", "steps", "epochs", "seed"})}
+               "selected_steps": _selected_steps(ctx, gan["model_ids"]),
+               "params": p.model_dump(include={"fraction", "preset", "steps", "epochs", "seed", "select_every"})}
     ctx.add_artifact("report.json", "application/json", json.dumps(summary, indent=1).encode())
     ctx.add_artifact("report.md", "text/markdown", experiment_markdown(summary).encode())
     progress(9, "done")

@@ -14,11 +14,20 @@ def _f(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def _selection_lines(run: dict[str, Any], selected: dict[str, int]) -> list[str]:
+    if not run.get("select_every"):
+        return []
+    picks = ", ".join(f"{LABELS.get(label, label)} step {step}" for label, step in sorted(selected.items()))
+    return [f"Each generator is its best snapshot, scored every {run['select_every']} steps by FID against its own "
+            f"training patches in the domain classifier's features (never the holdout): {picks}.", ""]
+
+
 def experiment_markdown(summary: dict[str, Any]) -> str:
     run = summary["params"]  # the experiment's params that the report names
     lines = ["# Experiment: the paper's pipeline", "",
              f"Preset `{run.get('preset')}`, {run.get('steps')} GAN steps per generator, fraction {run.get('fraction')} "
              f"of the paper's sizes, classifier epochs {run.get('epochs')}, seed {run.get('seed')}.", "",
+             *_selection_lines(run, summary.get("selected_steps") or {}),
              "## Patients, split three ways", "", "| part | patients | IDC- patches | IDC+ patches | dataset |",
              "|---|---|---|---|---|"]
     for part, info in summary["parts"].items():

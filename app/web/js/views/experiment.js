@@ -25,6 +25,7 @@ export async function render(root, ctx) {
     audit_max_samples: numberInput("audit_max_samples", 2000, { min: 10, step: 1 }),
     domain_epochs: numberInput("domain_epochs", 3, { min: 1, step: 1 }),
     seed: numberInput("seed", 0, { min: 0, step: 1 }),
+    select_every: numberInput("select_every", 0, { min: 0, step: 1 }),
   };
   const maxPer = h("input", { type: "number", name: "max_per_class", min: 1, step: 1, inputmode: "numeric" });
   const overrides = h("textarea", { name: "overrides", rows: 2, spellcheck: "false", placeholder: '{"batch_size": 16}' });
@@ -34,6 +35,7 @@ export async function render(root, ctx) {
       field("Holdout share", f.holdout_share, "of each label, for the audit"), field("Seed", f.seed))),
     h("fieldset", {}, h("legend", {}, "Generators"), h("div", { class: "fields" },
       field("Preset", f.preset), field("Steps per generator", f.steps), field("Sample size", f.sample_size),
+      field("Keep the best snapshot, scored every", f.select_every, "steps; 0 keeps the last (the paper)"),
       field("GAN overrides (JSON, optional)", overrides, "", { wide: true }))),
     h("fieldset", {}, h("legend", {}, "Classifier and protocol"), h("div", { class: "fields" },
       field("Weights", f.weights), field("Mode", f.mode), field("Epochs", f.epochs), field("Input size", f.input_size, "px; the paper: 224"),

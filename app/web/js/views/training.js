@@ -34,6 +34,7 @@ async function startForm(ctx) {
   const sampleEvery = numberInput("sample_every", 500, { min: 0, step: 1 });
   const checkpointEvery = numberInput("checkpoint_every", 500, { min: 0, step: 1 });
   const holdout = numberInput("holdout_fraction", 0, { min: 0, max: 0.99, step: 0.01 });
+  const selectEvery = numberInput("select_every", 0, { min: 0, step: 1 });
   const overrides = h("textarea", { name: "overrides", rows: 2, spellcheck: "false", placeholder: '{"width": 0.03125, "batch_size": 8}' });
   const form = h("form", { class: "panel", id: "train-form" },
     h("div", { class: "fields" },
@@ -41,6 +42,7 @@ async function startForm(ctx) {
       field("Steps", steps), field("Sample grid every", sampleEvery, "steps; 0 or at least 10"),
       field("Checkpoint every", checkpointEvery, "steps; 0 or at least 10"),
       field("Holdout fraction", holdout, "patients kept out, for the audit"),
+      field("Keep the best snapshot, scored every", selectEvery, "steps, in the promoted classifier's features; 0 keeps the last"),
       field("Overrides (JSON, optional)", overrides, "GanConfig fields within their bounds", { wide: true })),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Start training")), slot);
   onSubmit(form, slot, async () => {
@@ -49,6 +51,7 @@ async function startForm(ctx) {
       steps: Number(steps.value), sample_every: Number(sampleEvery.value), checkpoint_every: Number(checkpointEvery.value),
       holdout_fraction: Number(holdout.value), overrides: parseJsonObject(overrides.value, "Overrides"),
     };
+    if (Number(selectEvery.value)) params.select_every = Number(selectEvery.value);
     const job = await api("/v1/jobs", { method: "POST", json: { kind: "train_gan", params } });
     ctx.go(`#/training/${job.id}`);
   });
