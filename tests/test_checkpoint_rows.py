@@ -3,6 +3,7 @@
 resumes from it, so the job's checkpoint list never misses the step it resumed at."""
 
 import numpy as np
+import torch
 
 from app import jobs
 from app.db import session_scope
@@ -12,6 +13,7 @@ from app.storage import Storage
 from app.tables import Checkpoint
 from models.gan_trainer import GanTrainer
 from models.msggan import config_from
+from models.snapshot_selection import SnapshotSelection
 from tests.conftest import FAST_GAN
 from worker.context import JobContext
 from worker.models_store import put_state
@@ -44,7 +46,7 @@ def test_resume_records_a_checkpoint_whose_row_the_killed_worker_never_wrote(tmp
     assert [r[1] for r in rows(url, job_id)] == [2]
 
     resumed = GanTrainer(config, patches)
-    assert _Checkpoints(ctx, "label1").resume(resumed) == 4
+    assert _Checkpoints(ctx, "label1").resume(resumed)[0] == 4
     assert rows(url, job_id)[-1] == ("label1", 4, orphan, size)
     # Recording is idempotent: a second resume adds nothing.
     again = GanTrainer(config, patches)
@@ -52,3 +54,29 @@ def test_resume_records_a_checkpoint_whose_row_the_killed_worker_never_wrote(tmp
     assert [r[1] for r in rows(url, job_id)] == [2, 4]
     for trainer in (first, resumed, again):
         trainer.close()
+
+
+def test_a_checkpoint_carries_the_snapshot_selection(tmp_path, one_torch_thread):
+    settings = Settings(home=tmp_path)
+    upgrade_head(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as s:
+        job_id = jobs.create_job(s, "train_gan", {})[0].id
+    ctx = JobContext(settings, job_id, "train_gan", {}, "w:1:a", 1)
+    patches = np.random.default_rng(0).integers(0, 256, (8, 50, 50, 3), dtype=np.uint8)
+    config = config_from("paper", FAST_GAN)
+    trainer = GanTrainer(config, patches)
+    selection = SnapshotSelection()
+    trainer.train(2)
+    selection.observe(2, 7.5, trainer.ema_generator_state())
+    trainer.train(4)
+    selection.observe(4, 9.0, trainer.ema_generator_state())  # worse: step 2 stays the best
+    _Checkpoints(ctx, "label1").save(trainer, selection)
+    resumed = GanTrainer(config, patches)
+    step, back = _Checkpoints(ctx, "label1").resume(resumed)
+    assert step == 4 and back.history == [(2, 7.5), (4, 9.0)] and back.best_step == 2
+    assert all(torch.equal(back.best_state[k], selection.best_state[k]) for k in selection.best_state)
+    # a checkpoint written without a selection resumes with an empty one
+    _Checkpoints(ctx, "label0").save(trainer)
+    assert _Checkpoints(ctx, "label0").resume(GanTrainer(config, patches))[1].history == []
+    for t in (trainer, resumed):
+        t.close()

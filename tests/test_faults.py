@@ -595,7 +595,7 @@ def test_checkpoint_write_killed_half_way_keeps_the_previous_one(tmp_path, one_t
     # A torn newer checkpoint (what a non-atomic writer would leave) is skipped on resume.
     storage.put_bytes(f"{ckpts.prefix}/label1-step0000006.pt", newer.read_bytes()[:half])
     resumed = GanTrainer(config, patches)
-    assert ckpts.resume(resumed) == 2
+    assert ckpts.resume(resumed)[0] == 2
     expected = GanTrainer(config, patches)
     expected.load_state_dict(read_state(storage, good))
     assert len(resumed.history) == 2 and resumed.history == expected.history
@@ -605,6 +605,6 @@ def test_checkpoint_write_killed_half_way_keeps_the_previous_one(tmp_path, one_t
     # Once step 4 is written whole, it is the one resumed.
     storage.put_file(step4, newer)
     latest = GanTrainer(config, patches)
-    assert ckpts.resume(latest) == 4
+    assert ckpts.resume(latest)[0] == 4
     for t in (trainer, resumed, expected, latest):
         t.close()
