@@ -51,15 +51,10 @@ def resolve_audit_inputs(params: Any, settings: Settings, session: Session) -> d
                       "holdout_fraction > 0 (train_gan) or give holdout_dataset_id: a real dataset of other patients.")
     out: dict[str, Any] = {"generator_id": generator.id, "label": label, "train_dataset_id": train.id}
     if params.features == "domain":
-        model_id = params.classifier_model_id
-        row = session.get(ModelVersion, model_id) if model_id else model_registry.promoted(session, "classifier")
-        if row is None or row.kind != "classifier":
-            if model_id:
-                raise Problem(422, "Not a classifier", f"Model {model_id!r} is not a classifier.")
-            raise Problem(409, "No classifier for domain features",
-                          "Domain features come from a ResNet18 trained on real patches: train one (train_classifier), "
-                          "promote it or pass classifier_model_id, or use features='inception'.")
-        out["classifier_model_id"] = row.id
+        out["classifier_model_id"] = model_registry.classifier_id(session, params.classifier_model_id, "classifier_model_id", (
+            "No classifier for domain features",
+            "Domain features come from a ResNet18 trained on real patches: train one (train_classifier), "
+            "promote it or pass classifier_model_id, or use features='inception'."))
     else:
         from models.feature_extractors import INCEPTION_FILE
 

@@ -343,16 +343,10 @@ def _gan_config(preset: str, overrides: dict, steps: int, title: str):  # noqa: 
 
 def _selection_classifier(session: Session, model_id: str | None) -> str:
     """The classifier that scores snapshots: the one named, or the promoted one."""
-    from app.tables import ModelVersion
-
-    row = session.get(ModelVersion, model_id) if model_id else model_registry.promoted(session, "classifier")
-    if row is None or row.kind != "classifier":
-        if model_id:
-            raise Problem(422, "Not a classifier", f"select_classifier_model_id: model {model_id!r} is not a classifier.")
-        raise Problem(409, "No classifier to score snapshots",
-                      "select_every scores snapshots in a domain classifier's features: train one "
-                      "(train_classifier), promote it or pass select_classifier_model_id, or set select_every 0.")
-    return row.id
+    return model_registry.classifier_id(session, model_id, "select_classifier_model_id", (
+        "No classifier to score snapshots",
+        "select_every scores snapshots in a domain classifier's features: train one "
+        "(train_classifier), promote it or pass select_classifier_model_id, or set select_every 0."))
 
 
 def check_train_gan(params: TrainGanParams, settings: Settings, session: Session) -> TrainGanParams | None:

@@ -31,6 +31,20 @@ def promoted(session: Session, kind: str, label: int | None = None) -> ModelVers
     return session.scalar(select(ModelVersion).where(_slot(kind, label), ModelVersion.promoted.is_(True)).limit(1))
 
 
+def classifier_id(session: Session, model_id: str | None, field: str, if_none: tuple[str, str]) -> str:
+    """The classifier a job's features come from: `model_id` (a 422 naming `field` unless it is
+    a classifier) or, when None, the promoted one (a 409 with `if_none`'s title and detail when
+    there is none). The audit's domain features and train_gan's snapshot scores both ask."""
+    from app.problems import Problem
+
+    row = session.get(ModelVersion, model_id) if model_id else promoted(session, "classifier")
+    if row is None or row.kind != "classifier":
+        if model_id:
+            raise Problem(422, "Not a classifier", f"{field}: model {model_id!r} is not a classifier.")
+        raise Problem(409, *if_none)
+    return row.id
+
+
 def next_version(session: Session, kind: str, label: int | None) -> int:
     return int(session.scalar(select(func.max(ModelVersion.version)).where(_slot(kind, label))) or 0) + 1
 

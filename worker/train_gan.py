@@ -116,10 +116,11 @@ class _Selector:
     """Scores the EMA generator at select_every's steps against the label's own training
     patches (models/snapshot_selection.py) and keeps the best snapshot."""
 
-    def __init__(self, ctx: JobContext, rows: np.ndarray, patches: np.ndarray, selection: SnapshotSelection) -> None:
+    def __init__(self, ctx: JobContext, rows: np.ndarray, patches: np.ndarray, selection: SnapshotSelection,
+                 seed: int) -> None:
         p: TrainGanParams = ctx.p
         self.points = scored_steps(p.select_start, p.select_every, p.steps)
-        self.n, self.seed, self.selection = p.select_samples, config_from(p.preset, p.overrides).seed, selection
+        self.n, self.seed, self.selection = p.select_samples, seed, selection
         self.extract = load_domain_extractor(ctx, p.select_classifier_model_id)
         # The reference: a seeded draw of the label's training patches (all of them when fewer).
         pick = np.sort(np.random.default_rng(self.seed).permutation(len(rows))[:self.n])
@@ -235,7 +236,7 @@ def handle_train_gan(ctx: JobContext) -> Outcome:
                              speed=TrainSpeed.from_dict(p.speed))
         ckpts = _Checkpoints(ctx, name)
         resumed_from, selection = ckpts.resume(trainer)
-        selector = _Selector(ctx, label_rows, data.patches, selection) if p.select_every else None
+        selector = _Selector(ctx, label_rows, data.patches, selection, config.seed) if p.select_every else None
         started, start_step = time.perf_counter(), trainer.step
         _train_label(ctx, trainer, ckpts, position, metrics, selector)
         _save_figures(ctx, name, trainer.history)
