@@ -275,10 +275,15 @@ def _check_selection(params: Any, title: str) -> None:
             f"at most {MAX_SELECTION_POINTS} per label: raise select_every or select_start"))
 
 
+# models.msggan.PRESETS by name, spelled out so that validating a request does not import torch;
+# tests/test_job_bounds.py keeps the two lists equal.
+PresetName = Literal["paper", "cpu-small", "cpu-small-he", "cpu-tissue", "cpu-medium", "gpu-large"]
+
+
 class TrainGanParams(Params):
     dataset_id: Id
     label: Label | Literal["both"] = Field(description="1/'IDC+', 0/'IDC-', or 'both' (one model per label)")
-    preset: Literal["paper", "cpu-small", "cpu-small-he", "cpu-medium", "gpu-large"] = "cpu-small"
+    preset: PresetName = "cpu-small"
     steps: int = Field(2000, ge=1, le=GAN_STEPS_MAX)
     overrides: GanOverrides = Field(default_factory=dict, description="GanConfig fields, each within its bounds")
     speed: SpeedOptions = Field(default_factory=dict, description="TrainSpeed fields (precision, cuda_graph, ...)")
@@ -525,7 +530,7 @@ class ExperimentParams(ClassifierParams):
     dataset_id: Id
     fraction: float = Field(1.0, gt=0, le=1, description="Times the paper's sizes (40,000 / 38,000 per class)")
     holdout_share: float = Field(0.1, gt=0, lt=0.5, description="Share of each label for the audit's holdout patients")
-    preset: Literal["paper", "cpu-small", "cpu-small-he", "cpu-medium", "gpu-large"] = "cpu-small"
+    preset: PresetName = "cpu-small"
     steps: int = Field(2000, ge=1, le=GAN_STEPS_MAX, description="GAN steps per generator")
     overrides: GanOverrides = Field(default_factory=dict, description="GanConfig fields")
     classifier_overrides: ClassifierOverrides = Field(default_factory=dict, description="ClassifierConfig fields (lr, seed)")

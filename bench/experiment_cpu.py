@@ -1,11 +1,13 @@
 """The experiment job end to end at CPU scale, through the service's REST API: one POST.
 
     python bench/experiment_cpu.py --preset cpu-small --steps 2000 --fraction 0.05 [--out docs] [--json]
+                                   [--select-every 250 --select-start 2000]
 
 Starts `histosynth serve` (embedded: SQLite + filesystem broker, a temp home), ingests the
 shared data, POSTs one experiment (patient split three ways, two generators, samples, the
 audit's domain classifier, evaluate with the augmentation rows, an audit per label), waits,
-and saves its report (Markdown and JSON) and the generators' last sample grids under --out.
+and saves its report (Markdown and JSON) and the generators' last sample grids under --out
+(with --select-every, also the chosen snapshots' grids, `*_labelN_selected.png`).
 The last line printed is one JSON object: the table, the augmentation gain, the audits and
 the wall time of every step.
 
@@ -42,6 +44,8 @@ def main() -> None:
     ap.add_argument("--max-per-class", type=int, default=None)
     ap.add_argument("--audit-max-samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--select-every", type=int, default=0, help="train_gan's select_every (0: the last step)")
+    ap.add_argument("--select-start", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--name", default="cpu_experiment")
     ap.add_argument("--json", action="store_true")
@@ -76,6 +80,9 @@ def main() -> None:
                 if art["name"].startswith("samples/label") and art["name"].endswith(f"{args.steps:07d}.png"):
                     label = art["name"].split("/")[1]
                     (args.out / f"{args.name}_{label}.png").write_bytes(c.get(art["url"]).content)
+                elif art["name"].startswith("selected_snapshot_label"):  # the model, with select_every
+                    label = art["name"].removeprefix("selected_snapshot_").removesuffix(".png")
+                    (args.out / f"{args.name}_{label}_selected.png").write_bytes(c.get(art["url"]).content)
     result = {"bench": "experiment_cpu", "home": str(home), "job_id": job_id, "resumed": bool(args.attach),
               "params": params,
               "wall_s": round(time.monotonic() - started, 1),
@@ -97,6 +104,8 @@ def submit(c, args) -> tuple[str, dict]:  # noqa: ANN001
               "audit_max_samples": args.audit_max_samples, "seed": args.seed}
     if args.max_per_class:
         params["max_per_class"] = args.max_per_class
+    if args.select_every:
+        params.update(select_every=args.select_every, select_start=args.select_start)
     resp = c.post("/v1/experiments", json=params)
     if resp.status_code != 202:
         sys.exit(f"experiment refused: {resp.text}")

@@ -400,6 +400,12 @@ PRESETS: dict[str, GanConfig] = {
     # per step (bench/preset_fid.py campaign 3, BENCHMARKS.md).
     "cpu-small-he": GanConfig(latent_dim=128, width=1 / 32, optimizer="adam", lr=1e-3, ema_beta=0.99,
                               equalized_lr=False),
+    # cpu-small-he with Adam at 3e-4 and each real patch shown to D in one of its 8 flips and
+    # rotations: the best CPU recipe over 28 bench/preset_fid.py campaigns (BENCHMARKS.md), best
+    # trained for 6,000 steps with snapshots scored every 125 from 2,000 (train_gan
+    # `select_every`), about 21 minutes per label on 2 cores.
+    "cpu-tissue": GanConfig(latent_dim=128, width=1 / 32, optimizer="adam", lr=3e-4, ema_beta=0.99,
+                            equalized_lr=False, augment="dihedral"),
     # Not the paper: Tables 1-2 and WGAN-GP unchanged, batch 64 to fill a GPU (16 patches of
     # 64 px leave most of an H100 idle), lr scaled by sqrt(64/16) = 2 (the square-root rule
     # for adaptive optimisers). Its images/s against `paper` are in BENCHMARKS.md.

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -60,7 +62,19 @@ def test_override_tables_cover_every_config_field():
     assert set(SPEED_OPTIONS["precision"].choices) == set(PRECISIONS)
 
 
-@pytest.mark.parametrize("preset", ["paper", "cpu-small", "cpu-small-he", "cpu-medium", "gpu-large"])
+def test_the_request_schema_and_the_dashboard_name_every_preset_and_no_other():
+    import typing
+
+    from models.msggan import PRESETS
+
+    assert set(typing.get_args(job_kinds.PresetName)) == set(PRESETS)
+    for view in ("training", "experiment"):
+        source = (Path(job_kinds.__file__).parent / "web" / "js" / "views" / f"{view}.js").read_text()
+        names = re.search(r"const PRESETS = \[([^\]]*)\]", source).group(1)
+        assert set(re.findall(r'"([^"]+)"', names)) == set(PRESETS), view
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu-small", "cpu-small-he", "cpu-tissue", "cpu-medium", "gpu-large"])
 def test_every_preset_is_within_the_override_bounds(no_checks, preset):
     from models.msggan import PRESETS
 

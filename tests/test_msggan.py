@@ -149,6 +149,9 @@ def test_presets():
     he = PRESETS["cpu-small-he"]  # cpu-small with plain He-initialised weights, nothing else
     assert he.equalized_lr is False and small.equalized_lr is True
     assert {**he.to_dict(), "equalized_lr": True} == small.to_dict()
+    tissue = PRESETS["cpu-tissue"]  # cpu-small-he with Adam at 3e-4 and dihedral reals, nothing else
+    assert {**tissue.to_dict(), "lr": he.lr, "augment": "none"} == he.to_dict()
+    assert (tissue.lr, tissue.augment) == (3e-4, "dihedral")
     g = he.make_generator()
     conv = next(m for m in g.modules() if isinstance(m, Conv2d))
     assert conv.scale == 1.0 and 0.5 < conv.weight.std().item() * math.sqrt(conv.weight[0].numel()) / math.sqrt(2) < 2

@@ -5,7 +5,7 @@ import { api } from "../api.js";
 import { errorSlot, field, h, numberInput, onSubmit, parseJsonObject, select } from "../dom.js";
 import { datasetOptions } from "./training.js";
 
-const PRESETS = ["cpu-small", "cpu-small-he", "cpu-medium", "paper", "gpu-large"];
+const PRESETS = ["cpu-small", "cpu-small-he", "cpu-tissue", "cpu-medium", "paper", "gpu-large"];
 
 export async function render(root, ctx) {
   const slot = errorSlot();
@@ -13,7 +13,7 @@ export async function render(root, ctx) {
   const f = {
     dataset_id: select("dataset_id", options.length ? options : [["", "no real dataset yet: ingest one"]], options[0]?.[0]),
     fraction: numberInput("fraction", 0.1, { min: 0.0001, max: 1, step: "any" }),
-    preset: select("preset", PRESETS.map((p) => [p, p]), "cpu-small-he"),
+    preset: select("preset", PRESETS.map((p) => [p, p]), "cpu-tissue"),
     steps: numberInput("steps", 2000, { min: 1, step: 1 }),
     weights: select("weights", [["none", "none (random init)"], ["imagenet", "imagenet (the paper)"]], "none"),
     mode: select("mode", [["finetune", "finetune"], ["frozen", "frozen (the paper)"]], "finetune"),
