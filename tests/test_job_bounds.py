@@ -20,6 +20,7 @@ from app import job_kinds
 from app.job_kinds import (CLASSIFIER_OVERRIDES, GAN_OVERRIDES, MAX_GRIDS, SPEED_OPTIONS, KindSpec, smallest_every,
                            validate_params)
 from app.problems import Problem
+from models.msggan import PRESETS
 
 GAN = {"dataset_id": "d1", "label": 1}
 
@@ -65,8 +66,6 @@ def test_override_tables_cover_every_config_field():
 def test_the_request_schema_and_the_dashboard_name_every_preset_and_no_other():
     import typing
 
-    from models.msggan import PRESETS
-
     assert set(typing.get_args(job_kinds.PresetName)) == set(PRESETS)
     for view in ("training", "experiment"):
         source = (Path(job_kinds.__file__).parent / "web" / "js" / "views" / f"{view}.js").read_text()
@@ -74,10 +73,8 @@ def test_the_request_schema_and_the_dashboard_name_every_preset_and_no_other():
         assert set(re.findall(r'"([^"]+)"', names)) == set(PRESETS), view
 
 
-@pytest.mark.parametrize("preset", ["paper", "cpu-small", "cpu-small-he", "cpu-tissue", "cpu-medium", "gpu-large"])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_is_within_the_override_bounds(no_checks, preset):
-    from models.msggan import PRESETS
-
     # every preset value, given as an override, is accepted: the bounds admit real use
     validate_params("train_gan", {**GAN, "preset": preset, "overrides": PRESETS[preset].to_dict()}, None, None)
 
