@@ -27,6 +27,9 @@ eval point from step S on it draws a second, independent sample set (sampling se
 scores it against the GAN's own training patches (`fid_train`); `selected` is the holdout score
 of the point with the lowest `fid_train` (model selection on training data, as a user without a
 holdout would do it; the selection samples and reference are disjoint from the scored ones).
+--critic-keep r also scores, at every point, the n patches the critic of that step ranks best
+among n / r candidates (`step@keep<r>`, models/critic_filter.py; the first n candidates are the
+plain samples, so the two differ only by the filter).
 The last line is one JSON object.
 """
 
@@ -53,6 +56,7 @@ from models import all_metrics  # noqa: E402
 from models.audit import sample_rows  # noqa: E402
 from models.classifier import classifier_state, config_from as classifier_config, load_classifier  # noqa: E402
 from models.classifier_training import train_classifier  # noqa: E402
+from models.critic_filter import critic_filtered  # noqa: E402
 from models.feature_extractors import domain_extractor  # noqa: E402
 from models.fidelity import FEATURE_METRICS  # noqa: E402
 from models.gan_trainer import GanTrainer  # noqa: E402
@@ -124,10 +128,12 @@ def one_thread_child(parent: int) -> None:
 
 
 def train_and_sample(preset: str, overrides: dict, steps: int, eval_at: list[int], n: int, seed: int,
-                     gan_train: np.ndarray, extra_ema: tuple[float, ...] = (), select_from: int | None = None) -> dict:
+                     gan_train: np.ndarray, extra_ema: tuple[float, ...] = (), select_from: int | None = None,
+                     critic_keep: tuple[float, ...] = ()) -> dict:
     """Train one config to `steps`, sampling n patches of the EMA generator at every eval point:
     {"samples": {point: (uint8 patches, training seconds so far)}, "grid", "last_losses",
-    "threads"}, a point being the step, or "step@ema<beta>" for an `extra_ema` average. With
+    "threads"}, a point being the step, "step@ema<beta>" for an `extra_ema` average, or
+    "step@keep<r>" for the trainer-EMA samples filtered by the critic at keep fraction r. With
     `select_from`, "selection" holds a second sample set (seed + 1) per trainer-EMA point from
     that step on, for choosing a snapshot without the holdout."""
     config = config_from(preset, overrides)
@@ -154,6 +160,10 @@ def train_and_sample(preset: str, overrides: dict, steps: int, eval_at: list[int
             samples[point] = (np.concatenate(list(iter_samples(G, n, seed=seed, size=50))), train_s)
             if select_from is not None and "@" not in point and target >= select_from:
                 selection[point] = np.concatenate(list(iter_samples(G, n, seed=seed + 1, size=50)))
+            if "@" not in point:  # the critic as it stands at this step scores the candidates
+                for keep in critic_keep:
+                    kept, _ = critic_filtered(G, trainer.D, n, keep, seed, size=50, critic_batch=config.batch_size)
+                    samples[f"{point}@keep{keep}"] = (kept, train_s)
     trainer.close()
     return {"samples": samples, "selection": selection, "grid": sample_grid_png(trainer.sample_fixed()),
             "last_losses": trainer.history[-1], "threads": torch.get_num_threads()}
@@ -187,12 +197,17 @@ def main() -> None:
     ap.add_argument("--select-from", type=int, default=None,
                     help="also pick each training's best eval point from this step on by FID against its own "
                          "training patches on separate samples (`selected`; never looks at the holdout)")
+    ap.add_argument("--critic-keep", type=float, nargs="*", default=[],
+                    help="also score, at every eval point, the n best of n/r candidates as the critic ranks them "
+                         "(models/critic_filter.py), for each keep fraction r")
     ap.add_argument("--jobs", type=int, default=1, help="train this many configs at once, one thread each")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     fid_n = sorted(k for k in set(args.fid_n) if k != args.n)
     if any(not 2 <= k < args.n for k in fid_n):
         ap.error(f"--fid-n: each k must be in 2..{args.n - 1} (below --n)")
+    if any(not 0 < r <= 1 for r in args.critic_keep):
+        ap.error("--critic-keep: each keep fraction must be in (0, 1]")
     # Progress to stderr, always (a run takes an hour); with --json, stdout holds only the JSON line.
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
@@ -289,14 +304,14 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=one_thread_child, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(train_and_sample, preset, overrides, steps, args.eval_at, args.n, args.seed,
-                                   gan_train, tuple(args.ema), args.select_from): (text, steps)
+                                   gan_train, tuple(args.ema), args.select_from, tuple(args.critic_keep)): (text, steps)
                        for text, preset, overrides, steps in runs}
             for future in as_completed(futures):
                 score(*futures[future], future.result())
     else:
         for text, preset, overrides, steps in runs:
             score(text, steps, train_and_sample(preset, overrides, steps, args.eval_at, args.n, args.seed, gan_train,
-                                                tuple(args.ema), args.select_from))
+                                                tuple(args.ema), args.select_from, tuple(args.critic_keep)))
     if args.seeds:
         result["over_seeds"] = over_seeds(scored, args.configs, args.seeds)
         for text, points in result["over_seeds"].items():

@@ -24,7 +24,9 @@ from models.msggan import GanConfig, Generator
 LATENT_BLOCK = 256
 
 
-def _latent_blocks(latent_dim: int, seed: int) -> Iterator[torch.Tensor]:
+def latent_blocks(latent_dim: int, seed: int) -> Iterator[torch.Tensor]:
+    """A seed's latent stream, in blocks of LATENT_BLOCK: sample i is the same latent in every
+    sampler that reads it (iter_samples here, models/critic_filter.py)."""
     rng = torch.Generator().manual_seed(int(seed))
     while True:
         yield torch.randn(LATENT_BLOCK, latent_dim, generator=rng)
@@ -76,7 +78,7 @@ def iter_samples(generator: Generator, n: int, seed: int, batch_size: int = 256,
     if compile is None:
         compile = cuda and n >= 8 * batch_size
     forward = torch.compile(generator) if compile else generator
-    blocks = _latent_blocks(generator.latent_dim, seed)
+    blocks = latent_blocks(generator.latent_dim, seed)
     pending = torch.empty(0, generator.latent_dim)
     done = 0
     in_flight: tuple[torch.Tensor, torch.cuda.Event] | None = None
