@@ -1,4 +1,4 @@
-"""Which GAN preset draws better IDC+ patches at CPU scale? Domain FID on held-out patients.
+"""Which GAN preset draws better IDC patches at CPU scale? Domain FID on held-out patients.
 
     python bench/preset_fid.py --steps 2000 --configs cpu-small cpu-small:'{"width": 0.0625}' --json
 
@@ -6,9 +6,10 @@ One run, on the shared data: patients split (seeded) into GAN-training, classifi
 holdout groups; a ResNet18 trained on the classifier group (both labels, 64 px, weights none,
 finetune; cached under --cache) gives the domain features (trained on patients the metrics
 never compare, so neither side's features come from patches it has seen); then for every config, in turn and
-in this same process: an MSG-GAN trained on the training patients' IDC+ patches for --steps,
+in this same process: an MSG-GAN trained on the training patients' patches of --label (1, IDC+,
+by default; 0 is IDC-) for --steps,
 --n samples of its EMA generator, and the audit's fidelity metrics of those samples against the
-holdout patients' IDC+ patches, beside the real floor (training patches against the same
+holdout patients' patches of that label, beside the real floor (training patches against the same
 holdout). A config is `preset` or `preset:{json overrides}`; the overrides may hold `steps`,
 which replaces --steps for that config. --eval-at also scores each config at those earlier
 steps of the same training run (an FID-against-steps curve for the price of sampling), and
@@ -174,6 +175,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["cpu-small"])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--eval-at", type=int, nargs="*", default=[], help="also score at these earlier steps")
+    ap.add_argument("--label", type=int, choices=(0, 1), default=1,
+                    help="the class the GANs learn and are scored on (1: IDC+, every campaign up to 31; 0: IDC-)")
     ap.add_argument("--n", type=int, default=2000, help="synthetic samples per config")
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--classifier-share", type=float, default=0.2, help="patients for the domain classifier")
@@ -225,8 +228,8 @@ def main() -> None:
     others = {c: domain_classifier(patches[cls_rows], labels[cls_rows], args.cache, cache_key, args.classifier_epochs, c)
               for c in args.classifier_seeds if c != 0}
     log(f"domain classifiers ready in {time.perf_counter() - t0:.0f} s")
-    gan_train = patches[train_rows[labels[train_rows] == 1]]
-    holdout = patches[hold_rows[labels[hold_rows] == 1]]
+    gan_train = patches[train_rows[labels[train_rows] == args.label]]
+    holdout = patches[hold_rows[labels[hold_rows] == args.label]]
     hold_feats = extractor(holdout)
     floor_patches = gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed)]
     floor = all_metrics.compute(list(FEATURE_METRICS), real=hold_feats, fake=extractor(floor_patches), seed=args.seed)
@@ -235,7 +238,7 @@ def main() -> None:
     # The selection's reference: the GAN's own training patches (another draw than the floor's).
     train_ref = gan_train[sample_rows(len(gan_train), min(args.n, len(gan_train)), args.seed + 1)]
     train_feats = extractor(train_ref) if args.select_from is not None else None
-    result = {"bench": "preset_fid", "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
+    result = {"bench": "preset_fid", "label": args.label, "steps": args.steps, "n": args.n, "n_holdout": len(holdout),
               "n_gan_train": len(gan_train), "holdout_patients": int(len(set(patients[held].tolist()))),
               "classifier_patients": int(len(set(patients[for_classifier].tolist()))),
               "features": extractor.identity, "real_floor": floor, "configs": {}}
