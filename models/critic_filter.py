@@ -7,9 +7,10 @@ probability, so this is the simple form of the idea: draw n / keep candidates, s
 the critic, keep the n highest in their drawn order.
 
 Candidates are the sampler's own latent stream (models/sampling.py), so `keep=1` returns the
-plain samples of that seed. The critic's minibatch-stddev layer (Table 2) reads a group of
-`mbstd_group` images at a time; candidates are scored in groups of consecutive latents, as
-training scores fakes, so a sample's score depends on the fixed neighbours it was drawn with.
+plain samples of that seed. The critic's minibatch-stddev layer (Table 2) couples the images
+of a batch, so candidates are scored in consecutive batches of `critic_batch` (the training
+batch size), as training scores fakes: a sample's score depends on the fixed neighbours it
+was drawn with.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from models.msggan import Discriminator, Generator
-from models.sampling import latent_blocks, to_uint8_tensor
+from models.sampling import LATENT_BLOCK, latent_blocks, to_uint8_tensor
 
 DRAW_BATCH = 256
 
@@ -41,18 +42,13 @@ def critic_filtered(generator: Generator, critic: Discriminator, n: int, keep: f
     stream, in stream order."""
     m = candidate_count(n, keep)
     blocks = latent_blocks(generator.latent_dim, seed)
-    pending = torch.empty(0, generator.latent_dim)
+    latents = torch.cat([next(blocks) for _ in range(math.ceil(m / LATENT_BLOCK))])[:m]
     images, scores = [], []
-    done = 0
-    while done < m:
-        b = min(DRAW_BATCH, m - done)
-        while len(pending) < b:
-            pending = torch.cat([pending, next(blocks)])
-        z, pending = pending[:b], pending[b:]
+    for z in latents.split(DRAW_BATCH):
         scales = generator(z)  # unclamped, as the critic saw fakes in training
-        scores += [critic([x[i:i + critic_batch] for x in scales]).flatten().float() for i in range(0, b, critic_batch)]
+        scores += [critic([x[i:i + critic_batch] for x in scales]).flatten().float()
+                   for i in range(0, len(z), critic_batch)]
         images.append(to_uint8_tensor(scales[-1], size))
-        done += b
     all_scores = torch.cat(scores)
     kept = torch.sort(torch.topk(all_scores, n).indices).values
     return torch.cat(images)[kept].numpy(), all_scores.numpy()
