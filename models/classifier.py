@@ -34,6 +34,11 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = ("frozen", "finetune")
+# Training-time augmentation. "dihedral": each training patch in one of its 8 flips/rotations,
+# drawn per patch and per epoch. A tissue patch has no up or left, so each of the 8 is an equally
+# real patch. Off by default (the paper names no augmentation); whether it helps a given
+# recipe is measured with bench/evaluate_again.py (BENCHMARKS.md).
+AUGMENTS = ("none", "dihedral")
 CHECKPOINT_FORMAT = "histosynth.classifier/1"
 
 
@@ -49,6 +54,7 @@ class ClassifierConfig:
     num_classes: int = 2
     fast_path: bool = True  # frozen mode: cache backbone features once, train only fc (models.features)
     eval_batch_size: int = 32  # batch for prediction and feature extraction (32 was fastest on CPU)
+    augment: str = "none"  # AUGMENTS; the paper names none
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, str) or not self.weights:
@@ -68,6 +74,8 @@ class ClassifierConfig:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         self.lr = float(self.lr)
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         if not isinstance(self.fast_path, bool):
             raise ValueError(f"fast_path must be true or false, got {self.fast_path!r}")
 

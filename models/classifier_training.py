@@ -1,7 +1,7 @@
 """Training the ResNet18 patch classifier of :mod:`models.classifier`: `train_classifier`
 and its plain per-batch loop.
 
-Training with a frozen backbone and no augmentation takes the cached-feature fast path of
+Training with a frozen backbone and no augmentation (``augment="none"``) takes the cached-feature fast path of
 :mod:`models.features` (backbone once, then only fc); ``fast_path=False`` forces the plain
 per-batch loop below, which also serves ``mode="finetune"``. Both paths build on the shared
 steps of :mod:`models.classifier_steps`; this module sits above both, so nothing imports back.
@@ -21,6 +21,7 @@ from models.classifier_steps import (
     AbortFn, EpochStats, ProgressFn, TrainingAborted, epoch_batches, take_batch, train_step,
 )
 from models.features import train_with_cached_features
+from models.gan_data import dihedral
 from models.inference import evaluate_images
 
 __all__ = ["train_classifier", "uses_fast_path"]
@@ -41,8 +42,9 @@ def _check_data(images: Any, labels: np.ndarray, num_classes: int) -> torch.Tens
 
 def uses_fast_path(config: ClassifierConfig) -> bool:
     """The cached-feature path is exact (up to float rounding) only when the backbone is a
-    fixed function of the image: frozen, eval-mode BatchNorm, and no augmentation (there is none)."""
-    return config.mode == "frozen" and config.fast_path
+    fixed function of the image: frozen, eval-mode BatchNorm, and no augmentation (an augmented
+    patch is a new input every epoch, so a feature cached once would be the wrong one)."""
+    return config.mode == "frozen" and config.fast_path and config.augment == "none"
 
 
 def train_classifier(
@@ -72,6 +74,22 @@ def train_classifier(
     return model.eval(), history
 
 
+_AUGMENT_SALT = 0x5EED_A6
+
+
+def _batch(images: Any, idx: torch.Tensor, augment: str, generator: torch.Generator,
+           device: str | torch.device) -> torch.Tensor:
+    """Rows `idx` as a uint8 tensor on `device`; with "dihedral", each in one of its 8 flips and
+    rotations (the GAN's own dihedral transform of models/gan_data.py, drawn per patch)."""
+    if augment == "none":
+        return take_batch(images, idx, device)
+    codes = torch.randint(0, 8, (len(idx),), generator=generator).numpy()
+    batch = np.ascontiguousarray(images[idx.numpy()])
+    if batch.shape[1] != batch.shape[2]:
+        raise ValueError(f"dihedral augmentation needs square patches, got {batch.shape[1]}x{batch.shape[2]}")
+    return torch.from_numpy(np.ascontiguousarray(dihedral(batch, codes))).to(device)
+
+
 def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: Any, y: torch.Tensor,
                  progress_fn: ProgressFn | None, abort_fn: AbortFn | None, val: tuple[Any, np.ndarray] | None,
                  device: str | torch.device) -> list[dict[str, float]]:
@@ -79,6 +97,8 @@ def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: An
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
+    # Its own stream, so that the shuffle (and so the batches) are the same with and without it.
+    augment_generator = torch.Generator().manual_seed(config.seed + _AUGMENT_SALT)
     history = []
     for epoch in range(config.epochs):
         start = time.perf_counter()
@@ -87,7 +107,7 @@ def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: An
         for idx in epoch_batches(len(y), config.batch_size, generator):
             if abort_fn is not None and abort_fn():
                 raise TrainingAborted("classifier training aborted")
-            x = preprocess(take_batch(images, idx, device), config.input_size)
+            x = preprocess(_batch(images, idx, config.augment, augment_generator, device), config.input_size)
             train_step(model, x, y[idx].to(device), loss_fn, optimizer, stats)
         row = {"epoch": epoch + 1, **stats.result("train")}
         if val is not None:

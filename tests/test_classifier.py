@@ -178,6 +178,43 @@ def test_fast_path_matches_plain_loop():
     assert np.allclose(predict_proba(fast_model, images, 32), predict_proba(plain_model, images, 32), atol=1e-5)
 
 
+def _seen_batches(monkeypatch, config, images, labels):
+    """The uint8 batches the plain loop hands to preprocess, in order."""
+    import models.classifier_training as T
+
+    seen = []
+
+    def spy(batch, size):
+        seen.append(batch.clone())
+        return C.preprocess(batch, size)
+
+    monkeypatch.setattr(T, "preprocess", spy)
+    train_classifier(config, images, labels)
+    return torch.cat(seen).numpy()
+
+
+def test_dihedral_augment_shows_each_patch_in_one_of_its_8_orientations(monkeypatch):
+    from models.classifier_training import uses_fast_path
+
+    images, labels = tiny_data(n=8, size=32)
+    plain = _seen_batches(monkeypatch, tiny_config(mode="finetune"), images, labels)
+    augmented = _seen_batches(monkeypatch, tiny_config(mode="finetune", augment="dihedral"), images, labels)
+    again = _seen_batches(monkeypatch, tiny_config(mode="finetune", augment="dihedral"), images, labels)
+    assert plain.shape == augmented.shape == (16, 32, 32, 3)  # 2 epochs x 8 patches
+    assert np.array_equal(augmented, again)  # seeded
+    orientations = []
+    for original, shown in zip(plain, augmented):  # same shuffle with and without augmentation
+        views = [np.rot90(original, k, axes=(0, 1)) for k in range(4)]
+        views += [v[:, ::-1] for v in views]
+        matches = [i for i, v in enumerate(views) if np.array_equal(v, shown)]
+        assert matches, "an augmented patch is not a flip/rotation of the patch at its place"
+        orientations.append(matches[0])
+    assert len(set(orientations)) >= 4  # 16 draws of 8: not the identity every time
+    assert uses_fast_path(tiny_config()) and not uses_fast_path(tiny_config(augment="dihedral"))
+    with pytest.raises(ValueError, match="augment"):
+        config_from({"augment": "colour"})
+
+
 def test_abort_raises():
     images, labels = tiny_data(n=8)
     for fast in (True, False):

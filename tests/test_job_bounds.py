@@ -47,7 +47,7 @@ def locs(problem: Problem) -> dict[tuple, str]:
 
 
 def test_override_tables_cover_every_config_field():
-    from models.classifier import MODES, ClassifierConfig
+    from models.classifier import AUGMENTS as CLASSIFIER_AUGMENTS, MODES, ClassifierConfig
     from models.gan_speed import PRECISIONS, TrainSpeed
     from models.diffaug import POLICIES as DIFFAUG_POLICIES
     from models.msggan import AUGMENTS, LOSSES, OPTIMIZERS, GanConfig
@@ -60,6 +60,7 @@ def test_override_tables_cover_every_config_field():
     assert set(GAN_OVERRIDES["augment"].choices) == set(AUGMENTS)
     assert set(GAN_OVERRIDES["diffaug"].choices) == set(DIFFAUG_POLICIES)
     assert set(CLASSIFIER_OVERRIDES["mode"].choices) == set(MODES)
+    assert set(CLASSIFIER_OVERRIDES["augment"].choices) == set(CLASSIFIER_AUGMENTS)
     assert set(SPEED_OPTIONS["precision"].choices) == set(PRECISIONS)
 
 
@@ -240,11 +241,13 @@ def test_classifier_epochs_and_input_size_cannot_pass_their_bounds(no_checks, ki
         assert (field,) in locs(top)
         over = refused(kind, {**base, key: {field: value}})
         assert allowed in locs(over)[(key, field)]
-    problem = refused(kind, {**base, key: {"weights": "/etc/passwd", "batch_size": 0}})
+    problem = refused(kind, {**base, key: {"weights": "/etc/passwd", "batch_size": 0, "augment": "colour"}})
     assert "top-level 'weights'" in locs(problem)[(key, "weights")]
     assert "1..1024" in locs(problem)[(key, "batch_size")]
-    stored = validate_params(kind, {**base, "epochs": 200, "input_size": 512, key: {"epochs": 3, "lr": 0.01}}, None, None)
-    assert stored[key] == {"epochs": 3, "lr": 0.01}
+    assert "dihedral" in locs(problem)[(key, "augment")]
+    stored = validate_params(kind, {**base, "epochs": 200, "input_size": 512,
+                                    key: {"epochs": 3, "lr": 0.01, "augment": "dihedral"}}, None, None)
+    assert stored[key] == {"epochs": 3, "lr": 0.01, "augment": "dihedral"}
 
 
 def test_classifier_settings_stay_within_bounds_after_the_merge(no_checks):
