@@ -263,6 +263,9 @@ SELECT_EVERY = ("0 (off): the model is the last step's EMA generator, as in the 
                 "steps from select_start (and at the last step), the EMA generator's samples are scored by FID "
                 "against its own training patches in a domain classifier's features, and the model is the "
                 "best-scoring snapshot (models/snapshot_selection.py; no holdout patient is looked at)")
+SELECT_SIZE = ("The size the scored samples are drawn at: 50, the dataset's own patches (the default), or 64, "
+               "the generator's output and generate's default size. In a domain classifier's features the two "
+               "sizes of the same samples can score far apart: score at the size the samples will be used")
 
 
 def _check_selection(params: Any, title: str) -> None:
@@ -296,6 +299,7 @@ class TrainGanParams(Params):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     select_every: Every = Field(0, description=SELECT_EVERY)
     select_start: int = Field(0, ge=0, le=GAN_STEPS_MAX, description="The first step select_every scores")
+    select_size: Literal[50, 64] = Field(50, description=SELECT_SIZE)
     select_samples: int = Field(2000, ge=50, le=20_000, description="Samples per score, and training patches in "
                                 "the score's reference")
     select_classifier_model_id: str | None = Field(None, max_length=64, description=RESOLVED + "With select_every: "
@@ -545,6 +549,7 @@ class ExperimentParams(ClassifierParams):
                                 "domain classifier, trained before the generators")
     select_start: int = Field(0, ge=0, le=GAN_STEPS_MAX, description="The first step select_every scores")
     select_samples: int = Field(2000, ge=50, le=20_000, description="Samples per score")
+    select_size: Literal[50, 64] = Field(50, description=SELECT_SIZE)
 
     @model_validator(mode="after")
     def _bounded_selection(self) -> "ExperimentParams":

@@ -177,6 +177,9 @@ def test_outputs_per_job_are_capped(no_checks, name):
 def test_snapshot_selection_is_bounded(no_checks):
     assert ("select_every",) in locs(refused("train_gan", {**GAN, "select_every": 5}))  # 0 (off) or >= 10
     assert ("select_samples",) in locs(refused("train_gan", {**GAN, "select_every": 250, "select_samples": 10}))
+    for kind, base in (("train_gan", GAN), ("experiment", {"dataset_id": "d1"})):
+        assert ("select_size",) in locs(refused(kind, {**base, "select_every": 250, "select_size": 32}))
+        assert validate_params(kind, {**base, "select_every": 250}, None, None)["select_size"] == 50
     raw = {**GAN, "steps": 5000, "select_every": 10}  # 500 scored snapshots
     message = locs(refused("train_gan", raw))[("select_every",)]
     assert "500 snapshots" in message and "at most 200" in message

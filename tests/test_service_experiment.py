@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 TINY_GAN = {"width": 1 / 32, "latent_dim": 32, "batch_size": 8, "fixed_samples": 4}
 PATIENTS = ["10255", "10273", "10275", "10290", "10292", "10299", "10301", "10302", "10305", "10308"]
 CHILD_KINDS = ["train_classifier", "train_gan", "generate", "generate", "evaluate", "audit", "audit"]
-SELECT = {"select_every": 10, "select_samples": 60}  # score a snapshot every 10 steps, 60 samples each
+SELECT = {"select_every": 10, "select_samples": 60, "select_size": 64}  # score every 10 steps, 60 samples at 64 px
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
     assert gan_job["params"]["select_classifier_model_id"] == job["result"]["domain_classifier"]
     for label in ("0", "1"):
         chosen = gan_job["metrics"][f"label{label}"]["selection"]
-        assert set(chosen["fid_train"]) == {"10", "20"} and chosen["samples"] == 60
+        assert set(chosen["fid_train"]) == {"10", "20"} and chosen["samples"] == 60 and chosen["size"] == 64
         assert chosen["selected_fid_train"] == min(chosen["fid_train"].values())
         assert chosen["fid_train"][str(chosen["selected_step"])] == chosen["selected_fid_train"]
         assert job["result"]["selected_steps"][label] == chosen["selected_step"]

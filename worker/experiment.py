@@ -141,7 +141,8 @@ def handle_experiment(ctx: JobContext) -> Outcome:
         "device": p.device})
     progress(2, "train_gan")
     selection = ({"select_every": p.select_every, "select_start": p.select_start, "select_samples": p.select_samples,
-                  "select_classifier_model_id": domain["model_id"]} if p.select_every else {})
+                  "select_size": p.select_size, "select_classifier_model_id": domain["model_id"]}
+                 if p.select_every else {})
     gan = _child(ctx, "train_gan", "train_gan", {
         "dataset_id": parts["gan"], "label": "both", "preset": p.preset, "steps": p.steps,
         "overrides": p.overrides, "speed": p.speed, "device": p.device,

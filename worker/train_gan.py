@@ -120,7 +120,7 @@ class _Selector:
                  seed: int) -> None:
         p: TrainGanParams = ctx.p
         self.points = scored_steps(p.select_start, p.select_every, p.steps)
-        self.n, self.seed, self.selection = p.select_samples, seed, selection
+        self.n, self.size, self.seed, self.selection = p.select_samples, p.select_size, seed, selection
         self.extract = load_domain_extractor(ctx, p.select_classifier_model_id)
         # The reference: a seeded draw of the label's training patches (all of them when fewer).
         pick = np.sort(np.random.default_rng(self.seed).permutation(len(rows))[:self.n])
@@ -133,7 +133,7 @@ class _Selector:
     def score(self, trainer: GanTrainer) -> float:
         started = time.perf_counter()
         generator = build_generator_from_state(trainer.config.to_dict(), trainer.ema_generator_state())
-        fid = snapshot_fid(generator, self.extract, self.reference, self.n, self.seed)
+        fid = snapshot_fid(generator, self.extract, self.reference, self.n, self.seed, size=self.size)
         self.selection.observe(trainer.step, fid, generator.state_dict())
         self.seconds += time.perf_counter() - started
         return fid
@@ -141,7 +141,8 @@ class _Selector:
     def describe(self) -> dict[str, Any]:
         return {"selected_step": self.selection.best_step, "selected_fid_train": round(self.selection.best_fid, 4),
                 "fid_train": {str(step): round(fid, 4) for step, fid in self.selection.history},
-                "features": self.extract.identity, "samples": self.n, "reference_patches": len(self.reference),
+                "features": self.extract.identity, "samples": self.n, "size": self.size,
+                "reference_patches": len(self.reference),
                 "scoring_s": round(self.seconds, 2)}
 
 
