@@ -1,7 +1,7 @@
 """The experiment job end to end at CPU scale, through the service's REST API: one POST.
 
     python bench/experiment_cpu.py --preset cpu-small --steps 2000 --fraction 0.05 [--out docs] [--json]
-                                   [--select-every 250 --select-start 2000]
+                                   [--select-every 250 --select-start 2000 --select-size 50]
 
 Starts `histosynth serve` (embedded: SQLite + filesystem broker, a temp home), ingests the
 shared data, POSTs one experiment (patient split three ways, two generators, samples, the
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--select-every", type=int, default=0, help="train_gan's select_every (0: the last step)")
     ap.add_argument("--select-start", type=int, default=0)
+    ap.add_argument("--select-size", type=int, choices=(50, 64), default=50, help="train_gan's select_size")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--name", default="cpu_experiment")
     ap.add_argument("--json", action="store_true")
@@ -105,7 +106,7 @@ def submit(c, args) -> tuple[str, dict]:  # noqa: ANN001
     if args.max_per_class:
         params["max_per_class"] = args.max_per_class
     if args.select_every:
-        params.update(select_every=args.select_every, select_start=args.select_start)
+        params.update(select_every=args.select_every, select_start=args.select_start, select_size=args.select_size)
     resp = c.post("/v1/experiments", json=params)
     if resp.status_code != 202:
         sys.exit(f"experiment refused: {resp.text}")
