@@ -84,10 +84,9 @@ def _batch(images: Any, idx: torch.Tensor, augment: str, generator: torch.Genera
     if augment == "none":
         return take_batch(images, idx, device)
     codes = torch.randint(0, 8, (len(idx),), generator=generator).numpy()
-    batch = np.ascontiguousarray(images[idx.numpy()])
-    if batch.shape[1] != batch.shape[2]:
-        raise ValueError(f"dihedral augmentation needs square patches, got {batch.shape[1]}x{batch.shape[2]}")
-    return torch.from_numpy(np.ascontiguousarray(dihedral(batch, codes))).to(device)
+    batch = take_batch(images, idx, "cpu")  # a fresh copy of the rows: transformed in place
+    dihedral(batch.numpy(), codes)
+    return batch.to(device)
 
 
 def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: Any, y: torch.Tensor,
@@ -96,6 +95,8 @@ def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: An
     """The plain loop: every batch goes image -> preprocess -> full network, every epoch."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
+    if config.augment == "dihedral" and images.shape[1] != images.shape[2]:
+        raise ValueError(f"dihedral augmentation needs square patches, got {images.shape[1]}x{images.shape[2]}")
     generator = torch.Generator().manual_seed(config.seed)
     # Its own stream, so that the shuffle (and so the batches) are the same with and without it.
     augment_generator = torch.Generator().manual_seed(config.seed + _AUGMENT_SALT)

@@ -213,6 +213,8 @@ def test_dihedral_augment_shows_each_patch_in_one_of_its_8_orientations(monkeypa
     assert uses_fast_path(tiny_config()) and not uses_fast_path(tiny_config(augment="dihedral"))
     with pytest.raises(ValueError, match="augment"):
         config_from({"augment": "colour"})
+    with pytest.raises(ValueError, match="square patches, got 32x40"):
+        train_classifier(tiny_config(mode="finetune", augment="dihedral"), np.zeros((8, 32, 40, 3), np.uint8), labels)
 
 
 def test_abort_raises():
