@@ -389,6 +389,35 @@ class GenerateParams(Params):
     name: str | None = Field(None, max_length=200)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on a GPU, fp32 on a CPU")
+    filter_model_id: str | None = Field(None, max_length=64, description="A classifier model id: keep only the "
+                                        "candidates it gives P(label) >= filter_min_prob (a label filter)")
+    filter_min_prob: float = Field(0.5, ge=0.0, lt=1.0, description="With filter_model_id: the threshold on "
+                                   "P(label); 0 keeps every candidate and only records the classifier's agreement")
+    filter_max_draw: float = Field(4.0, ge=1.0, le=20.0, description="With filter_model_id: at most this many "
+                                   "candidates per kept patch; fewer than n kept within them fails the job")
+
+    @model_validator(mode="after")
+    def _filter_needs_model(self) -> "GenerateParams":
+        # compared with the defaults, not model_fields_set: stored params hold every field
+        fields = type(self).model_fields
+        stray = [k for k in ("filter_min_prob", "filter_max_draw") if getattr(self, k) != fields[k].default]
+        if stray and self.filter_model_id is None:
+            raise ValueError(f"{', '.join(stray)} need filter_model_id (the classifier that filters)")
+        return self
+
+
+def _filter_classifier(session: Session, model_id: str | None) -> None:
+    """A generate job's filter must be a stored classifier."""
+    from app.tables import ModelVersion
+
+    if model_id is None:
+        return
+    model = session.get(ModelVersion, model_id)
+    if model is None:
+        raise Problem(422, "Unknown filter model", f"No model with id {model_id!r} (filter_model_id).")
+    if model.kind != "classifier":
+        raise Problem(422, "Filter model is not a classifier",
+                      f"Model {model.id} is a {model.kind}; filter_model_id needs a classifier.")
 
 
 def check_generate(params: GenerateParams, settings: Settings, session: Session) -> GenerateParams | None:
@@ -397,6 +426,7 @@ def check_generate(params: GenerateParams, settings: Settings, session: Session)
     if params.n > settings.max_generate_n:
         raise Problem(422, "Too many patches requested",
                       f"n={params.n} is over the cap of {settings.max_generate_n} (HISTOSYNTH_MAX_GENERATE_N).")
+    _filter_classifier(session, params.filter_model_id)
     if params.model_id is None:
         model = model_registry.promoted(session, "generator", params.label)
         if model is None:
@@ -550,6 +580,10 @@ class ExperimentParams(ClassifierParams):
     select_start: int = Field(0, ge=0, le=GAN_STEPS_MAX, description="The first step select_every scores")
     select_samples: int = Field(2000, ge=50, le=20_000, description="Samples per score")
     select_size: Literal[50, 64] = Field(50, description=SELECT_SIZE)
+    label_filter: bool = Field(False, description="Keep only the synthetic patches a classifier trained on the GAN "
+                               "part's patients (never the classification or holdout ones) puts on their label")
+    label_filter_min_prob: float = Field(0.5, ge=0.0, lt=1.0, description="With label_filter: the threshold on "
+                                         "P(label) (0: keep every patch, record the filter's agreement only)")
 
     @model_validator(mode="after")
     def _bounded_selection(self) -> "ExperimentParams":

@@ -11,7 +11,11 @@ merged into the child's `overrides` (a variant's own `seed` wins over --seeds).
 `--sample-size S` first draws both synthetic sets again from the experiment's own generators
 (generate jobs: the same models, counts and seed, at S px instead of the experiment's
 `sample_size`), evaluates on those, and audits them as the experiment's audit steps did (same
-holdout, features and sample cap); their fidelity rows are printed under `audits`. Each job is an
+holdout, features and sample cap); their fidelity rows are printed under `audits`.
+`--label-filter P` draws them again through a label filter instead (models/label_filter.py): a
+classifier trained as the experiment's domain classifier was, but on its GAN part's patients,
+keeps only the candidates it gives P(label) >= P (what the experiment's `label_filter` does);
+what each filter kept is printed under `label_filter`. Each job is an
 ordinary evaluate of the service: the same test patients, the same split seed, the same
 synthetic patches, the augmentation rows included. The experiment's own evaluate is printed as
 `experiment` beside them (its classifier seed is 0 unless its overrides say otherwise). The last
@@ -69,21 +73,36 @@ def _run(c, kind: str, params: dict) -> dict:  # noqa: ANN001
     return job
 
 
-def redraw(c, experiment: dict, size: int) -> tuple[list[str], dict]:  # noqa: ANN001
-    """Both synthetic sets drawn again at `size` px from the experiment's generate steps' models,
-    counts and seeds, and each audited as the experiment's audit step for that label was:
-    (the new synthetic dataset ids in the generate steps' order, fidelity per label)."""
+def filter_classifier(c, experiment: dict) -> str:  # noqa: ANN001
+    """A classifier trained with the experiment's domain classifier's params on its GAN part
+    (the generators' own patients): the label filter's model id."""
+    domain_id = experiment["result"]["children"].get("domain_classifier") or experiment["result"]["children"]["train_classifier"]
+    domain = c.get(f"/v1/jobs/{domain_id}").json()
+    params = {**domain["params"], "dataset_id": experiment["result"]["parts"]["gan"]["dataset_id"]}
+    job = _run(c, "train_classifier", params)
+    print(f"label filter classifier {job['result']['model_id']} ({job_seconds(job)} s)", file=sys.stderr, flush=True)
+    return job["result"]["model_id"]
+
+
+def redraw(c, experiment: dict, size: int | None, extra: dict | None = None) -> tuple[list[str], dict]:  # noqa: ANN001
+    """Both synthetic sets drawn again (at `size` px, or the experiment's size; with `extra`
+    generate params) from the experiment's generate steps' models, counts and seeds, and each
+    audited as the experiment's audit step for that label was: (the new synthetic dataset ids
+    in the generate steps' order, fidelity (and what a label filter kept) per label)."""
     children = [c.get(k["url"]).json() for k in experiment["children"]]
     audits = {str(a["params"]["label"]): a["params"] for a in children if a["kind"] == "audit"}
     ids, fidelity = [], {}
     for gen in (g for g in children if g["kind"] == "generate"):
-        job = _run(c, "generate", {**gen["params"], "size": size})
+        job = _run(c, "generate", {**gen["params"], "size": size or gen["params"]["size"], **(extra or {})})
         dataset_id, label = job["result"]["dataset_id"], str(gen["params"]["label"])
         ids.append(dataset_id)
+        if "label_filter" in job["result"]:
+            print(f"label filter {label}: {json.dumps(job['result']['label_filter'])}", file=sys.stderr, flush=True)
         if label in audits:
             summary = _run(c, "audit", {**audits[label], "synthetic_dataset_id": dataset_id})["result"]["summary"]
             fidelity[label] = {"counts": summary["counts"], "fidelity": summary["fidelity"],
-                               "real_floor": summary["real_floor"], "flagged_fraction": summary["flagged_fraction"]}
+                               "real_floor": summary["real_floor"], "flagged_fraction": summary["flagged_fraction"],
+                               **({"label_filter": job["result"]["label_filter"]} if "label_filter" in job["result"] else {})}
             print(f"audit label {label} at {size} px: {json.dumps(fidelity[label])}", file=sys.stderr, flush=True)
     return ids, fidelity
 
@@ -96,6 +115,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="classifier seeds per variant")
     ap.add_argument("--sample-size", type=int, choices=(50, 64), default=None,
                     help="draw the synthetic sets again at this size (the experiment's generators)")
+    ap.add_argument("--label-filter", type=float, default=None, metavar="P",
+                    help="draw the synthetic sets again through a label filter trained on the GAN part")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     started = time.monotonic()
@@ -110,9 +131,13 @@ def main() -> None:
         base = c.get(child["url"]).json()
         out["experiment"] = table(base["result"])
         print(f"experiment: {json.dumps(out['experiment'])}", file=sys.stderr, flush=True)
-        if args.sample_size:
+        if args.sample_size or args.label_filter is not None:
             out["sample_size"] = args.sample_size
-            base["params"]["synthetic_dataset_ids"], out["audits"] = redraw(c, experiment, args.sample_size)
+            extra = None
+            if args.label_filter is not None:
+                extra = {"filter_model_id": filter_classifier(c, experiment), "filter_min_prob": args.label_filter}
+                out["label_filter"] = extra
+            base["params"]["synthetic_dataset_ids"], out["audits"] = redraw(c, experiment, args.sample_size, extra)
         for name, fields in args.variant:
             runs = {}
             for seed in args.seeds:

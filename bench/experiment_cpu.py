@@ -2,6 +2,7 @@
 
     python bench/experiment_cpu.py --preset cpu-small --steps 2000 --fraction 0.05 [--out docs] [--json]
                                    [--select-every 250 --select-start 2000 --select-size 50]
+                                   [--label-filter 0.5]
 
 Starts `histosynth serve` (embedded: SQLite + filesystem broker, a temp home), ingests the
 shared data, POSTs one experiment (patient split three ways, two generators, samples, the
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--select-every", type=int, default=0, help="train_gan's select_every (0: the last step)")
     ap.add_argument("--select-start", type=int, default=0)
     ap.add_argument("--select-size", type=int, choices=(50, 64), default=50, help="train_gan's select_size")
+    ap.add_argument("--label-filter", type=float, default=None, metavar="P",
+                    help="the experiment's label_filter at label_filter_min_prob P")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--name", default="cpu_experiment")
     ap.add_argument("--json", action="store_true")
@@ -107,6 +110,8 @@ def submit(c, args) -> tuple[str, dict]:  # noqa: ANN001
         params["max_per_class"] = args.max_per_class
     if args.select_every:
         params.update(select_every=args.select_every, select_start=args.select_start, select_size=args.select_size)
+    if args.label_filter is not None:
+        params.update(label_filter=True, label_filter_min_prob=args.label_filter)
     resp = c.post("/v1/experiments", json=params)
     if resp.status_code != 202:
         sys.exit(f"experiment refused: {resp.text}")

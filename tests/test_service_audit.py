@@ -89,3 +89,33 @@ def test_audit_reports_fidelity_floor_and_memorization(service, pipeline):
     assert model["metrics"]["audit"]["job_id"] == job["id"]
     assert model["metrics"]["audit"]["flagged_fraction"] == m["memorization"]["flagged_fraction"]
     assert model["metrics"]["step"] == 3  # the training metrics are kept beside the audit
+
+
+def test_generate_with_a_label_filter(service, pipeline):
+    """generate's filter_model_id keeps only candidates the classifier puts on the label, records
+    what it kept and which classifier (sha256) it was; its params are checked at submission."""
+    c = service.client
+    clf = service.wait_job(c.post("/v1/jobs", json={"kind": "train_classifier", "params": {
+        "dataset_id": pipeline["dataset_id"], "weights": "none", "mode": "finetune", "epochs": 1,
+        "input_size": 32}}).json()["id"])
+    assert clf["state"] == "succeeded", clf["error"]
+    clf_id = clf["result"]["model_id"]
+    base = {"label": 1, "n": 20, "model_id": pipeline["generator_id"], "size": 50}
+    job = service.wait_job(c.post("/v1/jobs", json={"kind": "generate", "params": {
+        **base, "filter_model_id": clf_id, "filter_min_prob": 0.5, "filter_max_draw": 20}}).json()["id"])
+    assert job["state"] == "succeeded", job["error"]
+    f = job["result"]["label_filter"]
+    assert f["model_id"] == clf_id and len(f["sha256"]) == 64 and f["min_prob"] == 0.5
+    assert f["kept"] == 20 and f["candidates"] >= 20 and f["acceptance"] == round(20 / f["candidates"], 4)
+    assert job["metrics"]["filter_acceptance"] == f["acceptance"] and job["result"]["n"] == 20
+    dataset = c.get(f"/v1/datasets/{job['result']['dataset_id']}").json()
+    assert dataset["n_patches"] == 20 and dataset["source"]["label_filter"]["kept"] == 20
+
+    def refused(extra: dict, status: int, needle: str) -> None:
+        assert_problem(c.post("/v1/jobs", json={"kind": "generate", "params": {**base, **extra}}), status, needle)
+
+    refused({"filter_model_id": pipeline["generator_id"]}, 422, "needs a classifier")
+    refused({"filter_model_id": "nope"}, 422, "filter_model_id")
+    refused({"filter_min_prob": 0.7}, 422, "need filter_model_id")
+    refused({"filter_model_id": clf_id, "filter_min_prob": 1.0}, 422, "filter_min_prob")
+    refused({"filter_model_id": clf_id, "filter_max_draw": 50}, 422, "filter_max_draw")

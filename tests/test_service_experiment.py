@@ -12,6 +12,7 @@ pytestmark = pytest.mark.integration
 TINY_GAN = {"width": 1 / 32, "latent_dim": 32, "batch_size": 8, "fixed_samples": 4}
 PATIENTS = ["10255", "10273", "10275", "10290", "10292", "10299", "10301", "10302", "10305", "10308"]
 CHILD_KINDS = ["train_classifier", "train_gan", "generate", "generate", "evaluate", "audit", "audit"]
+FILTERED_KINDS = ["train_classifier", "train_classifier", "train_gan", "generate", "generate", "evaluate", "audit", "audit"]
 SELECT = {"select_every": 10, "select_samples": 60, "select_size": 64}  # score every 10 steps, 60 samples at 64 px
 
 
@@ -36,14 +37,17 @@ def child(job: dict, kind: str) -> dict:
 
 def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
     c = service.client
-    resp = c.post("/v1/experiments", json={**experiment(real_dataset, steps=20), **SELECT})
+    resp = c.post("/v1/experiments", json={**experiment(real_dataset, steps=20), **SELECT, "label_filter": True,
+                                           # 0: every candidate kept (a tiny GAN's noise is all one label to
+                                           # any classifier), so the filter's path runs whatever it scores
+                                           "label_filter_min_prob": 0.0})
     assert resp.status_code == 202, resp.text
     job = service.wait_job(resp.json()["id"], timeout=600)
     assert job["state"] == "succeeded", job["error"]
     kids = job["children"]
-    assert [k["kind"] for k in kids] == CHILD_KINDS and all(k["state"] == "succeeded" for k in kids)
+    assert [k["kind"] for k in kids] == FILTERED_KINDS and all(k["state"] == "succeeded" for k in kids)
     listed = c.get("/v1/jobs", params={"parent_id": job["id"]}).json()
-    assert listed["count"] == len(CHILD_KINDS) and all(j["parent_id"] == job["id"] for j in listed["data"])
+    assert listed["count"] == len(FILTERED_KINDS) and all(j["parent_id"] == job["id"] for j in listed["data"])
     parts = job["result"]["parts"]
     assert set(parts) == {"gan", "classify", "holdout"}
     patients = [set(c.get(f"/v1/datasets/{p['dataset_id']}").json()["source"]["patients"]) for p in parts.values()]
@@ -68,10 +72,20 @@ def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
         model = c.get(f"/v1/models/{job['result']['generators'][label]}").json()
         assert model["config"]["selected_step"] == chosen["selected_step"]
         assert chosen["features"]["model_id"] == job["result"]["domain_classifier"]
+    # the label filter: a classifier trained on the GAN part only, used by both generate steps
+    filter_job = c.get(f"/v1/jobs/{job['result']['children']['filter_classifier']}").json()
+    assert filter_job["params"]["dataset_id"] == parts["gan"]["dataset_id"]
+    for label in ("0", "1"):
+        gen = c.get(f"/v1/jobs/{job['result']['children'][f'generate_{label}']}").json()
+        assert gen["params"]["filter_model_id"] == filter_job["result"]["model_id"]
+        kept = job["result"]["label_filter"][label]
+        assert kept == gen["result"]["label_filter"] and kept["kept"] == gen["result"]["n"] <= kept["candidates"]
+        assert kept["min_prob"] == 0.0 and 0.0 <= kept["agreement"] <= 1.0
     names = {a["name"]: a for a in job["artifacts"]}
     report = c.get(names["report.md"]["url"]).text
     for section in ("Patients, split three ways", "beside the paper's Table 3", "Does synthetic data help?",
-                    "## Audit", "## Steps (child jobs)", "TSTR", "best snapshot, scored every 10 steps"):
+                    "## Audit", "## Steps (child jobs)", "TSTR", "best snapshot, scored every 10 steps",
+                    "on samples drawn at 64 px", "label-filtered", filter_job["result"]["model_id"]):
         assert section in report
     assert c.get(names["report.json"]["url"]).json()["generators"] == job["result"]["generators"]
 
@@ -82,6 +96,8 @@ def test_experiment_params_are_checked(service, real_dataset):
     assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "fraction": 0}), 422)
     assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "overrides": {"colour": 1}}), 422, "colour")
     assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "weights": "/no/file.pth"}), 422)
+    assert_problem(c.post("/v1/experiments", json={**experiment(real_dataset), "label_filter": True,
+                                                   "label_filter_min_prob": 1.0}), 422, "label_filter_min_prob")
 
 
 def test_cancelling_the_experiment_cancels_its_children(service, real_dataset):

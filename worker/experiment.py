@@ -5,7 +5,8 @@
 2. train_classifier on the classification part: the audit's domain feature extractor (and,
    with select_every, the features that pick each generator's best snapshot);
 3. train_gan on the GAN part (one generator per label);
-4. generate, per label, as many patches as the classification part holds;
+4. generate, per label, as many patches as the classification part holds (with label_filter,
+   only those a classifier trained on the GAN part puts on their label: models/label_filter.py);
 5. evaluate: the four-way protocol (and the augmentation rows) on the classification part
    against the synthetic sets;
 6. audit, per label, against the holdout patients;
@@ -37,8 +38,9 @@ from models.experiment_plan import part_targets, split_patients
 from worker.context import JobAborted, JobContext, Outcome, UserError, run_job, stable_id
 from worker.experiment_report import experiment_markdown
 
-STEPS = ("split", "domain_classifier", "train_gan", "generate_0", "generate_1", "evaluate", "audit_0", "audit_1",
-         "report")
+STEPS = ("split", "domain_classifier", "filter_classifier", "train_gan", "generate_0", "generate_1", "evaluate",
+         "audit_0", "audit_1", "report", "done")
+AT = {step: i for i, step in enumerate(STEPS)}
 
 
 def _split(ctx: JobContext) -> dict[str, str]:
@@ -125,21 +127,26 @@ def _selected_steps(ctx: JobContext, model_ids: dict[str, str]) -> dict[str, int
 
 def handle_experiment(ctx: JobContext) -> Outcome:
     p: ExperimentParams = ctx.p
-    total = len(STEPS)
-    progress = (lambda i, msg: ctx.progress(i, total, msg, force=True))
-    progress(0, "splitting patients")
+    total = len(STEPS) - 1
+    progress = (lambda step, msg: ctx.progress(AT[step], total, msg, force=True))
+    progress("split", "splitting patients")
     parts = _split(ctx)
     # The evaluate step's classifier fields; the experiment's own `overrides` are the GAN's.
     classifier = {"weights": p.weights, "mode": p.mode, "epochs": p.epochs, "input_size": p.input_size,
                   "device": p.device, "overrides": p.classifier_overrides}
     if p.max_per_class:
         classifier["max_per_class"] = p.max_per_class
-    progress(1, "domain classifier for the audit")
-    domain = _child(ctx, "domain_classifier", "train_classifier", {
-        "dataset_id": parts["classify"], "weights": "none", "mode": "finetune", "input_size": 64,
-        "epochs": p.domain_epochs, "overrides": {"batch_size": 64, "seed": p.seed},
-        "device": p.device})
-    progress(2, "train_gan")
+    progress("domain_classifier", "domain classifier for the audit")
+    small_resnet = {"weights": "none", "mode": "finetune", "input_size": 64, "epochs": p.domain_epochs,
+                    "overrides": {"batch_size": 64, "seed": p.seed}, "device": p.device}
+    domain = _child(ctx, "domain_classifier", "train_classifier", {"dataset_id": parts["classify"], **small_resnet})
+    label_filter = {}
+    if p.label_filter:
+        # trained on the GAN part: the filtered samples know no patient the generators did not
+        progress("filter_classifier", "label filter classifier")
+        kept_by = _child(ctx, "filter_classifier", "train_classifier", {"dataset_id": parts["gan"], **small_resnet})
+        label_filter = {"filter_model_id": kept_by["model_id"], "filter_min_prob": p.label_filter_min_prob}
+    progress("train_gan", "train_gan")
     selection = ({"select_every": p.select_every, "select_start": p.select_start, "select_samples": p.select_samples,
                   "select_size": p.select_size, "select_classifier_model_id": domain["model_id"]}
                  if p.select_every else {})
@@ -149,40 +156,47 @@ def handle_experiment(ctx: JobContext) -> Outcome:
         "checkpoint_every": max(smallest_every(p.steps, 2), min(500, p.steps // 4)), "sample_every": 0, **selection})
     with session_scope(ctx.db_url) as s:
         cls_counts = s.get(Dataset, parts["classify"]).counts["by_label"]
-    synthetic = {}
+    synthetic, filtered = {}, {}
     for label in (0, 1):
-        progress(3 + label, f"generate label {label}")
+        progress(f"generate_{label}", f"generate label {label}")
         n = min(int(cls_counts.get(str(label), 0)), ctx.settings.max_generate_n)
-        synthetic[label] = _child(ctx, f"generate_{label}", "generate", {
+        generated = _child(ctx, f"generate_{label}", "generate", {
             "label": label, "n": max(n, 1), "model_id": gan["model_ids"][str(label)], "seed": p.seed,
-            "size": p.sample_size, "device": p.device})["dataset_id"]
-    progress(5, "evaluate")
+            "size": p.sample_size, "device": p.device, **label_filter})
+        synthetic[label] = generated["dataset_id"]
+        if "label_filter" in generated:
+            filtered[str(label)] = generated["label_filter"]
+    progress("evaluate", "evaluate")
     evaluate = _child(ctx, "evaluate", "evaluate", {
         **classifier, "real_dataset_id": parts["classify"], "synthetic_dataset_ids": [synthetic[0], synthetic[1]],
         "seed": p.seed, "augment_fraction": p.augment_fraction})
     audits = {}
     for label in (0, 1):
-        progress(6 + label, f"audit label {label}")
+        progress(f"audit_{label}", f"audit label {label}")
         audits[label] = _child(ctx, f"audit_{label}", "audit", {
             "synthetic_dataset_id": synthetic[label], "holdout_dataset_id": parts["holdout"],
             "classifier_model_id": domain["model_id"], "max_samples": p.audit_max_samples,
             "seed": p.seed, "device": p.device})
-    progress(8, "report")
+    progress("report", "report")
     with session_scope(ctx.db_url) as s:
         part_info = {part: {"dataset_id": ds, "n": s.get(Dataset, ds).n_patches,
                             "by_label": s.get(Dataset, ds).counts["by_label"],
                             "patients": len(s.get(Dataset, ds).source["patients"])} for part, ds in parts.items()}
-        child_ids = {_step_name(c.kind, c.params): c.id for c in jobs.children(s, ctx.job_id)}
+        by_id = {stable_id(ctx.job_id, "child", step): step for step in STEPS}
+        # named by step where the step is known (two train_classifier children with the label filter)
+        child_ids = {(by_id.get(c.id) or _step_name(c.kind, c.params)): c.id for c in jobs.children(s, ctx.job_id)}
     summary = {"parts": part_info, "generators": gan["model_ids"], "synthetic_datasets": synthetic,
                "domain_classifier": domain["model_id"], "table": evaluate["table"],
                "augmentation": evaluate.get("augmentation"),
                "audit": {str(label): audits[label]["summary"] for label in (0, 1)}, "children": child_ids,
                "evaluate_report_artifact": (evaluate.get("artifacts") or {}).get("report_md"),
                "selected_steps": _selected_steps(ctx, gan["model_ids"]),
-               "params": p.model_dump(include={"fraction", "preset", "steps", "epochs", "seed", "select_every"})}
+               **({"label_filter": filtered} if filtered else {}),
+               "params": p.model_dump(include={"fraction", "preset", "steps", "epochs", "seed", "select_every",
+                                               "select_size", "sample_size", "label_filter"})}
     ctx.add_artifact("report.json", "application/json", json.dumps(summary, indent=1).encode())
     ctx.add_artifact("report.md", "text/markdown", experiment_markdown(summary).encode())
-    progress(9, "done")
+    progress("done", "done")
     metrics = {"table": summary["table"], "augmentation": summary["augmentation"],
                "audit": {k: {"fidelity": v["fidelity"], "flagged_fraction": v["flagged_fraction"]}
                          for k, v in summary["audit"].items()}}

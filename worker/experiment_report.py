@@ -18,8 +18,23 @@ def _selection_lines(run: dict[str, Any], selected: dict[str, int]) -> list[str]
     if not run.get("select_every"):
         return []
     picks = ", ".join(f"{LABELS.get(label, label)} step {step}" for label, step in sorted(selected.items()))
+    size = f" on samples drawn at {run['select_size']} px" if run.get("select_size") else ""
     return [f"Each generator is its best snapshot, scored every {run['select_every']} steps by FID against its own "
-            f"training patches in the domain classifier's features (never the holdout): {picks}.", ""]
+            f"training patches in the domain classifier's features (never the holdout){size}: {picks}.", ""]
+
+
+def _filter_lines(filtered: dict[str, dict[str, Any]]) -> list[str]:
+    """What the label filter kept, per label (models/label_filter.py)."""
+    if not filtered:
+        return []
+    first = next(iter(filtered.values()))
+    kept = "; ".join(f"{LABELS.get(label, label)} kept {f['kept']} of {f['candidates']} candidates "
+                     f"(acceptance {f['acceptance']:.3f}; the filter put {f['agreement']:.1%} of them on their "
+                     "label)" for label, f in sorted(filtered.items()))
+    return [f"The synthetic patches are label-filtered: only candidates that a ResNet18 trained on the GAN part's "
+            f"patients (classifier `{first['model_id']}`, never the classification or holdout patients) gives "
+            f"P(label) >= {first['min_prob']} were kept: {kept}. TSTR here measures the generator with its filter.",
+            ""]
 
 
 def experiment_markdown(summary: dict[str, Any]) -> str:
@@ -28,6 +43,7 @@ def experiment_markdown(summary: dict[str, Any]) -> str:
              f"Preset `{run.get('preset')}`, {run.get('steps')} GAN steps per generator, fraction {run.get('fraction')} "
              f"of the paper's sizes, classifier epochs {run.get('epochs')}, seed {run.get('seed')}.", "",
              *_selection_lines(run, summary.get("selected_steps") or {}),
+             *_filter_lines(summary.get("label_filter") or {}),
              "## Patients, split three ways", "", "| part | patients | IDC- patches | IDC+ patches | dataset |",
              "|---|---|---|---|---|"]
     for part, info in summary["parts"].items():

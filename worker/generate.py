@@ -1,9 +1,12 @@
 """The generate job: sample N patches of one label from a generator's EMA weights into a
-synthetic packed dataset (the same format as ingest) plus a zip of PNGs, streamed to disk."""
+synthetic packed dataset (the same format as ingest) plus a zip of PNGs, streamed to disk.
+With `filter_model_id`, only the candidates that classifier puts on the label are kept
+(models/label_filter.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,28 +16,56 @@ from app.packed import INDEX_DTYPE, PackedWriter
 from app.storage import Storage
 from app.tables import Dataset, ModelVersion
 from app.db import session_scope
+from models.classifier import load_classifier
+from models.label_filter import FilterExhausted, FilterTally, label_filtered
 from models.sampling import build_generator_from_state, iter_samples
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
+from worker.domain_features import sha256_file
 from worker.models_store import pick_device, read_state
 
 LABEL_NAMES = {0: "IDC-", 1: "IDC+"}
 
 
+@dataclass
+class LabelFilter:
+    """A classifier that keeps only the candidates it puts on the label (models/label_filter.py)."""
+
+    classifier: object
+    input_size: int
+    min_prob: float
+    max_draw: float
+    tally: FilterTally
+
+
+def _batches(generator, label: int, n: int, seed: int, size: int, batch_size: int, device: str, precision: str,
+             keep: LabelFilter | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(patches, their positions in the seed's stream) batches: every sample, or the kept ones."""
+    if keep is not None:
+        yield from label_filtered(generator, keep.classifier, keep.input_size, label, n, seed, keep.min_prob,
+                                  keep.max_draw, size=size, batch_size=batch_size, device=device,
+                                  precision=precision, tally=keep.tally)
+        return
+    done = 0
+    for batch in iter_samples(generator, n, seed, batch_size=batch_size, size=size, device=device,
+                              precision=precision):
+        yield batch, np.arange(done, done + len(batch))
+        done += len(batch)
+
+
 def generate_to(folder: Path, generator, label: int, n: int, seed: int, size: int, batch_size: int, device: str,
                 progress_fn: Callable[[int, int], None] | None = None,
                 abort_fn: Callable[[], bool] | None = None, patient: str = "synthetic",
-                precision: str = "auto") -> dict:
+                precision: str = "auto", keep: LabelFilter | None = None) -> dict:
     """Stream n samples into a packed dataset at `folder`; memory stays flat whatever n is.
     (The zip of PNGs is encoded when it is downloaded: app/zipstream.py.)"""
     writer = PackedWriter(folder, size)
     done = 0
-    for batch in iter_samples(generator, n, seed, batch_size=batch_size, size=size, device=device,
-                              precision=precision):
+    for batch, positions in _batches(generator, label, n, seed, size, batch_size, device, precision, keep):
         if abort_fn is not None and abort_fn():
             raise JobAborted("cancelled")
         records = np.zeros(len(batch), INDEX_DTYPE)
         records["patient"], records["label"] = patient, label
-        records["x"] = np.arange(done, done + len(batch))  # the sample's position in the seeded stream
+        records["x"] = positions  # the sample's position in the seeded stream
         records["y"] = -1
         records["orig_h"] = records["orig_w"] = size
         writer.append(batch, records)
@@ -43,6 +74,22 @@ def generate_to(folder: Path, generator, label: int, n: int, seed: int, size: in
             progress_fn(done, n)
     return writer.close({"kind": "synthetic", "seed": seed, "n_edge_patches": 0, "precision": precision,
                          "device": str(device)})
+
+
+def _label_filter(ctx: JobContext, p: GenerateParams, device: str) -> tuple[LabelFilter | None, dict]:
+    """The job's LabelFilter and its record (model id, version, sha256, threshold), or (None, {})."""
+    if p.filter_model_id is None:
+        return None, {}
+    with session_scope(ctx.db_url) as s:
+        row = s.get(ModelVersion, p.filter_model_id)
+        if row is None or row.kind != "classifier":
+            raise UserError(f"filter classifier {p.filter_model_id} no longer exists")
+        key, version = row.key, row.version
+    path = ctx.storage.local_path(key)
+    classifier, config = load_classifier(path, device=device)
+    record = {"model_id": p.filter_model_id, "model_version": version, "sha256": sha256_file(path),
+              "min_prob": p.filter_min_prob, "max_draw": p.filter_max_draw}
+    return LabelFilter(classifier, config.input_size, p.filter_min_prob, p.filter_max_draw, FilterTally()), record
 
 
 def handle_generate(ctx: JobContext) -> Outcome:
@@ -61,11 +108,17 @@ def handle_generate(ctx: JobContext) -> Outcome:
     device = pick_device(p.device)
     dataset_id = stable_id(ctx.job_id, "dataset")
     key = Storage.dataset_key(dataset_id)
+    keep, filter_record = _label_filter(ctx, p, device)
     with ctx.storage.scratch("jobs", ctx.job_id, f"attempt-{ctx.attempt}") as work:
-        meta = generate_to(work / "dataset", generator, label, n, seed, size, p.batch_size, device,
-                           progress_fn=lambda d, t: ctx.progress(d, t, "sampling"), abort_fn=ctx.should_abort,
-                           patient=f"synthetic:{model_id[:8]}", precision=p.precision)
+        try:
+            meta = generate_to(work / "dataset", generator, label, n, seed, size, p.batch_size, device,
+                               progress_fn=lambda d, t: ctx.progress(d, t, "sampling"), abort_fn=ctx.should_abort,
+                               patient=f"synthetic:{model_id[:8]}", precision=p.precision, keep=keep)
+        except FilterExhausted as exc:
+            raise UserError(f"label filter: {exc} (filter_min_prob, filter_max_draw)") from exc
         ctx.storage.put_tree(key, work / "dataset")
+    if keep is not None:
+        filter_record.update(keep.tally.summary())
     # The zip artifact points at the packed dataset; the API encodes the PNGs as it streams.
     zip_id = stable_id(ctx.job_id, "artifact", "patches.zip")
     ctx.register_artifact(zip_id, f"synthetic_{'pos' if label else 'neg'}_{n}.zip", "application/zip", key,
@@ -74,7 +127,10 @@ def handle_generate(ctx: JobContext) -> Outcome:
                       kind="synthetic", job_id=ctx.job_id, key=key, n_patches=meta["n"], patch_size=size,
                       n_patients=0, n_edge_patches=0, counts={"by_label": meta["by_label"]},
                       source={"model_id": model_id, "model_version": model_version, "seed": seed, "size": size,
-                              "device": device, "precision": p.precision})
+                              "device": device, "precision": p.precision,
+                              **({"label_filter": filter_record} if filter_record else {})})
     result = {"dataset_id": dataset_id, "n": meta["n"], "label": label, "size": size, "seed": seed,
-              "model_id": model_id, "zip_artifact_id": zip_id}
-    return Outcome(result=result, metrics={"n": meta["n"]}, rows=[dataset])
+              "model_id": model_id, "zip_artifact_id": zip_id,
+              **({"label_filter": filter_record} if filter_record else {})}
+    metrics = {"n": meta["n"], **({"filter_acceptance": filter_record["acceptance"]} if filter_record else {})}
+    return Outcome(result=result, metrics=metrics, rows=[dataset])
