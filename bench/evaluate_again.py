@@ -15,7 +15,10 @@ holdout, features and sample cap); their fidelity rows are printed under `audits
 `--label-filter P` draws them again through a label filter instead (models/label_filter.py): a
 classifier trained as the experiment's domain classifier was, but on its GAN part's patients,
 keeps only the candidates it gives P(label) >= P (what the experiment's `label_filter` does);
-what each filter kept is printed under `label_filter`. Each job is an
+what each filter kept is printed under `label_filter`. `--gan-part-as-synthetic` evaluates with the
+GAN part's real patches in the synthetic sets' place: its TSTR row is what the generators' own
+training patches give a classifier on the same test patients, the most a generator trained on
+them could be expected to give. Each job is an
 ordinary evaluate of the service: the same test patients, the same split seed, the same
 synthetic patches, the augmentation rows included. The experiment's own evaluate is printed as
 `experiment` beside them (its classifier seed is 0 unless its overrides say otherwise). The last
@@ -117,6 +120,8 @@ def main() -> None:
                     help="draw the synthetic sets again at this size (the experiment's generators)")
     ap.add_argument("--label-filter", type=float, default=None, metavar="P",
                     help="draw the synthetic sets again through a label filter trained on the GAN part")
+    ap.add_argument("--gan-part-as-synthetic", action="store_true",
+                    help="the GAN part's real patches in place of the synthetic sets")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     started = time.monotonic()
@@ -138,6 +143,9 @@ def main() -> None:
                 extra = {"filter_model_id": filter_classifier(c, experiment), "filter_min_prob": args.label_filter}
                 out["label_filter"] = extra
             base["params"]["synthetic_dataset_ids"], out["audits"] = redraw(c, experiment, args.sample_size, extra)
+        if args.gan_part_as_synthetic:
+            out["gan_part_as_synthetic"] = True
+            base["params"]["synthetic_dataset_ids"] = [experiment["result"]["parts"]["gan"]["dataset_id"]]
         for name, fields in args.variant:
             runs = {}
             for seed in args.seeds:
