@@ -131,7 +131,7 @@ CLASSIFIER_OVERRIDES: dict[str, Allowed] = {
     "mode": Allowed(choices=("frozen", "finetune")), "input_size": _int(*INPUT_SIZE), "lr": Allowed(1e-8, 1),
     "batch_size": _int(1, 1024), "epochs": _int(*EPOCHS), "seed": _int(0, SEED_MAX),
     "num_classes": Allowed(choices=(2,)), "fast_path": FLAG, "eval_batch_size": _int(1, 1024),
-    "augment": Allowed(choices=("none", "dihedral")),
+    "augment": Allowed(choices=("none", "dihedral", "stain", "dihedral+stain")), "stain_strength": Allowed(0, 0.5),
 }
 # models.gan_speed.TrainSpeed: every field.
 SPEED_OPTIONS: dict[str, Allowed] = {

@@ -36,9 +36,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = ("frozen", "finetune")
 # Training-time augmentation. "dihedral": each training patch in one of its 8 flips/rotations,
 # drawn per patch and per epoch. A tissue patch has no up or left, so each of the 8 is an equally
-# real patch. Off by default (the paper names no augmentation); whether it helps a given
-# recipe is measured with bench/evaluate_again.py (BENCHMARKS.md).
-AUGMENTS = ("none", "dihedral")
+# real patch. "stain": each patch's H&E stain amounts jittered by `stain_strength`
+# (models/stain.py), since slides differ by patient far more in colour than in structure;
+# "dihedral+stain" both. Off by default (the paper names no augmentation); whether it helps a
+# given recipe is measured with bench/evaluate_again.py (BENCHMARKS.md).
+AUGMENTS = ("none", "dihedral", "stain", "dihedral+stain")
 CHECKPOINT_FORMAT = "histosynth.classifier/1"
 
 
@@ -55,6 +57,7 @@ class ClassifierConfig:
     fast_path: bool = True  # frozen mode: cache backbone features once, train only fc (models.features)
     eval_batch_size: int = 32  # batch for prediction and feature extraction (32 was fastest on CPU)
     augment: str = "none"  # AUGMENTS; the paper names none
+    stain_strength: float = 0.05  # "stain": scale in 1 +- this, shift in +- this (optical density)
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, str) or not self.weights:
@@ -76,6 +79,10 @@ class ClassifierConfig:
         self.lr = float(self.lr)
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if isinstance(self.stain_strength, bool) or not isinstance(self.stain_strength, (int, float)) \
+                or not 0 <= self.stain_strength <= 0.5:
+            raise ValueError(f"stain_strength must be a number in [0, 0.5], got {self.stain_strength!r}")
+        self.stain_strength = float(self.stain_strength)
         if not isinstance(self.fast_path, bool):
             raise ValueError(f"fast_path must be true or false, got {self.fast_path!r}")
 

@@ -22,6 +22,7 @@ from models.classifier_steps import (
 )
 from models.features import train_with_cached_features
 from models.gan_data import dihedral
+from models.stain import draw_stain_jitter, hed_jitter
 from models.inference import evaluate_images
 
 __all__ = ["train_classifier", "uses_fast_path"]
@@ -77,16 +78,23 @@ def train_classifier(
 _AUGMENT_SALT = 0x5EED_A6
 
 
-def _batch(images: Any, idx: torch.Tensor, augment: str, generator: torch.Generator,
+def _batch(images: Any, idx: torch.Tensor, config: ClassifierConfig, generator: torch.Generator,
            device: str | torch.device) -> torch.Tensor:
     """Rows `idx` as a uint8 tensor on `device`; with "dihedral", each in one of its 8 flips and
-    rotations (the GAN's own dihedral transform of models/gan_data.py, drawn per patch)."""
-    if augment == "none":
+    rotations (the GAN's own dihedral transform of models/gan_data.py, drawn per patch); with
+    "stain", each with its H&E stain amounts jittered (models/stain.py)."""
+    if config.augment == "none":
         return take_batch(images, idx, device)
-    codes = torch.randint(0, 8, (len(idx),), generator=generator).numpy()
-    batch = take_batch(images, idx, "cpu")  # a fresh copy of the rows: transformed in place
-    dihedral(batch.numpy(), codes)
-    return batch.to(device)
+    if "dihedral" not in config.augment:
+        batch = take_batch(images, idx, device)
+    else:
+        codes = torch.randint(0, 8, (len(idx),), generator=generator).numpy()
+        batch = take_batch(images, idx, "cpu")  # a fresh copy of the rows: transformed in place
+        dihedral(batch.numpy(), codes)
+        batch = batch.to(device)
+    if "stain" in config.augment:
+        batch = hed_jitter(batch, *draw_stain_jitter(len(idx), config.stain_strength, generator))
+    return batch
 
 
 def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: Any, y: torch.Tensor,
@@ -95,7 +103,7 @@ def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: An
     """The plain loop: every batch goes image -> preprocess -> full network, every epoch."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
-    if config.augment == "dihedral" and images.shape[1] != images.shape[2]:
+    if "dihedral" in config.augment and images.shape[1] != images.shape[2]:
         raise ValueError(f"dihedral augmentation needs square patches, got {images.shape[1]}x{images.shape[2]}")
     generator = torch.Generator().manual_seed(config.seed)
     # Its own stream, so that the shuffle (and so the batches) are the same with and without it.
@@ -108,7 +116,7 @@ def _train_plain(model: ResNet18Classifier, config: ClassifierConfig, images: An
         for idx in epoch_batches(len(y), config.batch_size, generator):
             if abort_fn is not None and abort_fn():
                 raise TrainingAborted("classifier training aborted")
-            x = preprocess(_batch(images, idx, config.augment, augment_generator, device), config.input_size)
+            x = preprocess(_batch(images, idx, config, augment_generator, device), config.input_size)
             train_step(model, x, y[idx].to(device), loss_fn, optimizer, stats)
         row = {"epoch": epoch + 1, **stats.result("train")}
         if val is not None:
