@@ -515,6 +515,8 @@ class EvaluateParams(ClassifierParams):
     seed: Seed = 0
     augment_fraction: float = Field(0.1, ge=0, lt=1, description="Real share for the augmentation rows (0: off)")
     bootstrap: int = Field(1000, ge=10, le=100_000, description="Bootstrap resamples over test patients")
+    reference_dataset_id: str | None = Field(None, max_length=64, description="The real dataset the generators were "
+                                             "trained on: adds the GRTR row, a classifier on it tested as TSTR is")
 
 
 def check_evaluate(params: EvaluateParams, settings: Settings, session: Session) -> None:
@@ -528,6 +530,12 @@ def check_evaluate(params: EvaluateParams, settings: Settings, session: Session)
         if _label_count(real, label) == 0 or not any(_label_count(d, label) for d in synth):
             raise Problem(422, "Both labels are needed",
                           f"Label {label} is missing from the real or the synthetic side; the protocol needs IDC- and IDC+.")
+    if params.reference_dataset_id is not None:
+        ref = _dataset(session, params.reference_dataset_id)
+        if ref.kind != "real" or any(_label_count(ref, label) == 0 for label in (0, 1)):
+            raise Problem(422, "Not a real dataset with both labels",
+                          f"Dataset {ref.id} ({ref.kind}, {ref.counts.get('by_label')}) cannot be the reference: "
+                          "reference_dataset_id needs the real patches the generators were trained on.")
     _check_classifier(params, settings, session)
 
 

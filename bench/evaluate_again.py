@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.embedded import embedded_service, job_seconds, wait_job  # noqa: E402
 
-ROWS = ("TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX")
+ROWS = ("TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX", "GRTR")
 
 
 def variant(text: str) -> tuple[str, dict]:

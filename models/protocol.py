@@ -7,6 +7,11 @@ Rows (train / test):
 - TRTS: all real / all synthetic.
 - TSTR: all synthetic / all real.
 
+With `reference` (the real patches the generators were trained on): GRTR, a classifier trained
+on those real patches and tested as TSTR is, on all real ones. TSTR trains on what the
+generators drew from those patches, so GRTR is what TSTR could be expected to reach: the
+distance between the two is the generators' loss, apart from which patients they saw.
+
 Beside them, with `augment_fraction` > 0 (models/augmentation.py): AUG_REAL, a small real
 fraction of TRTR's training side alone, and AUG_MIX, the same fraction plus all synthetic
 patches, both tested on TRTR's real test patients, and the gain with a bootstrap interval.
@@ -39,10 +44,11 @@ from models.data_view import RowView
 from models.features import extract_features, fit_head, head_proba
 from models.inference import predict_proba
 
-__all__ = ["split_indices", "run_four_way", "report_markdown", "ROWS", "AUG_ROWS", "PAPER_TABLE3"]
+__all__ = ["split_indices", "run_four_way", "report_markdown", "ROWS", "AUG_ROWS", "REFERENCE_ROW", "PAPER_TABLE3"]
 
 ROWS = ("TRTR", "TSTS", "TRTS", "TSTR")
 AUG_ROWS = ("AUG_REAL", "AUG_MIX")
+REFERENCE_ROW = "GRTR"
 ROW_TITLES = {
     "TRTR": "real (70%) / real (30%)",
     "TSTS": "synthetic (70%) / synthetic (30%)",
@@ -50,6 +56,7 @@ ROW_TITLES = {
     "TSTR": "synthetic (all) / real (all)",
     "AUG_REAL": "small real fraction / real (30%)",
     "AUG_MIX": "small real fraction + synthetic (all) / real (30%)",
+    "GRTR": "the generators' real training patches (all) / real (all)",
 }
 
 
@@ -159,7 +166,7 @@ def run_four_way(
     config: ClassifierConfig, split_by: str = "patient", seed: int = 0, test_fraction: float = 0.3,
     progress_fn: ProgressFn | None = None, abort_fn: AbortFn | None = None, device: str | torch.device = "cpu",
     model_fn: Callable[[str, nn.Module], None] | None = None, augment_fraction: float = 0.0,
-    bootstrap: int = 1000,
+    bootstrap: int = 1000, reference: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """The four rows of Table 3. Images are uint8 (N, H, W, 3) arrays or memmaps (real 50 px and
     synthetic 64 px are both resized to config.input_size by the shared preprocess).
@@ -168,8 +175,9 @@ def run_four_way(
     for every row). progress_fn(current, total, info) counts feature batches (fast path) and
     epochs of all rows; abort_fn() raises TrainingAborted. model_fn(row, model), if given,
     receives each trained classifier (e.g. to checkpoint it). Returns a JSON-ready dict (see
-    the end of this function) whose "rows" maps TRTR, TSTS, TRTS, TSTR to {train, test,
-    n_train, n_test, split, metrics, history}.
+    the end of this function) whose "rows" maps TRTR, TSTS, TRTS, TSTR (and AUG_REAL, AUG_MIX,
+    GRTR when asked for) to {train, test, n_train, n_test, split, metrics, history}.
+    `reference` is (images, labels) of the real patches the generators were trained on (GRTR).
     """
     started = time.perf_counter()
     real_labels = np.asarray(real_labels).astype(np.int64)
@@ -190,12 +198,17 @@ def run_four_way(
         small = small_fraction(real_labels, real_tr, augment_fraction, seed)
         plan["AUG_REAL"] = ([("real", small)], "real", real_te)
         plan["AUG_MIX"] = ([("real", small), ("synth", all_synth)], "real", real_te)
-    row_names = list(plan)
     images = {"real": real_images, "synth": synth_images}
     labels = {"real": real_labels, "synth": synth_labels}
+    if reference is not None:
+        images["ref"], labels["ref"] = reference[0], np.asarray(reference[1]).astype(np.int64)
+        if len(images["ref"]) != len(labels["ref"]) or len(np.unique(labels["ref"])) < 2:
+            raise ValueError("the reference needs one label per image and both labels")
+        plan[REFERENCE_ROW] = ([("ref", np.arange(len(labels["ref"])))], "real", all_real)
+    row_names = list(plan)
     fast = uses_fast_path(config)
     bs = config.eval_batch_size
-    feature_steps = (-(-len(real_labels) // bs) + -(-len(synth_labels) // bs)) if fast else 0
+    feature_steps = sum(-(-len(labels[src]) // bs) for src in labels) if fast else 0
     total = feature_steps + len(row_names) * config.epochs
     done = {"steps": 0}
 
@@ -216,7 +229,7 @@ def run_four_way(
         torch.manual_seed(config.seed)  # the same init train_classifier gives every row
         base = build_resnet18(config.weights, config.mode, config.num_classes).to(device)
         feats = {src: extract_features(base, images[src], config.input_size, bs, device, feature_progress, abort_fn)
-                 for src in ("real", "synth")}
+                 for src in images}
         timing["features"] = time.perf_counter() - t0
 
     rows: dict[str, Any] = {}
@@ -239,7 +252,7 @@ def run_four_way(
         test_probs[row] = np.asarray(probs)
         metrics = all_metrics.compute(["classification"], labels=labels[test_src][test_idx],
                                           probs=probs)["classification"]
-        src_patients = {"real": patients, "synth": None}
+        src_patients = {"real": patients, "synth": None, "ref": None}
         train_src = "+".join(src for src, _ in train_parts)
         first_src, first_idx = train_parts[0]
         rows[row] = {
@@ -278,6 +291,7 @@ def run_four_way(
         "device": str(device),
         "n_real": int(len(real_labels)),
         "n_synthetic": int(len(synth_labels)),
+        "n_reference": int(len(labels["ref"])) if "ref" in labels else None,
         "averaging": AVERAGING,
         "paper_table3": PAPER_TABLE3,
         "augmentation": augmentation,
@@ -314,6 +328,16 @@ def report_markdown(result: dict[str, Any]) -> str:
         cells = [f"{_fmt(m[k])} ({paper[k]:.2f})" for k in ("accuracy", "precision", "recall", "f1")]
         lines.append(f"| {row} | {r['title']} | {r['n_train']} | {r['n_test']} | " + " | ".join(cells)
                      + f" | {_fmt(m['auc'])} |")
+    ref = result["rows"].get(REFERENCE_ROW)
+    if ref:
+        m = ref["metrics"]
+        lines += ["", "## What TSTR could reach", "",
+                  f"{REFERENCE_ROW}: a classifier on the real patches the generators were trained on ({ref['n_train']}), "
+                  "tested as TSTR is on every real patch: accuracy "
+                  f"{_fmt(m['accuracy'])}, balanced accuracy {_fmt(m['recall'])}, AUC {_fmt(m['auc'])} (TSTR: "
+                  f"{_fmt(result['rows']['TSTR']['metrics']['accuracy'])}, "
+                  f"{_fmt(result['rows']['TSTR']['metrics']['recall'])}, {_fmt(result['rows']['TSTR']['metrics']['auc'])}). "
+                  "Synthetic patches as good as their source for this classifier would score the same."]
     aug = result.get("augmentation")
     if aug:
         lines += ["", "## Does synthetic data help?", "",
@@ -334,7 +358,7 @@ def report_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {key.replace('_', ' ')} | {g['alone']:.3f} | {g['augmented']:.3f} | {g['gain']:+.3f} | "
                          f"[{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}] |")
     lines += ["", "## Confusion matrices (percent of all test samples; rows true, columns predicted)", ""]
-    for row in [r for r in (*ROWS, *AUG_ROWS) if r in result["rows"]]:
+    for row in [r for r in (*ROWS, *AUG_ROWS, REFERENCE_ROW) if r in result["rows"]]:
         cm = result["rows"][row]["metrics"]["confusion_matrix_percent"]
         lines += [f"**{row}** ({result['rows'][row]['title']})", "",
                   f"| true \\ predicted | {CLASS_NAMES[0]} | {CLASS_NAMES[1]} |", "|---|---|---|"]

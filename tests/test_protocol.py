@@ -129,3 +129,30 @@ def test_small_fraction_is_stratified_and_seeded():
     pick = small_fraction(labels, idx, 0.1, seed=1)
     assert (labels[pick] == 0).sum() == 8 and (labels[pick] == 1).sum() == 2
     assert np.array_equal(pick, small_fraction(labels, idx, 0.1, seed=1))
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_reference_row_trains_on_the_reference_and_tests_as_tstr(fast_path):
+    from models.protocol import REFERENCE_ROW
+
+    real, real_labels, real_patients, synth, synth_labels = tiny_sets()
+    cfg = config_from({"weights": "none", "input_size": 32, "epochs": 1, "batch_size": 8, "fast_path": fast_path})
+    # the synthetic set as its own reference: same patches, same init, same batches -> TSTR exactly
+    result = run_four_way(real, real_labels, real_patients, synth, synth_labels, cfg, seed=3,
+                          reference=(synth, synth_labels))
+    rows = result["rows"]
+    assert list(rows) == [*ROWS, REFERENCE_ROW]
+    assert (rows[REFERENCE_ROW]["n_train"], rows[REFERENCE_ROW]["n_test"]) == (20, 24)
+    for key in ("accuracy", "recall", "auc"):
+        assert rows[REFERENCE_ROW]["metrics"][key] == rows["TSTR"]["metrics"][key]
+    assert result["n_reference"] == 20
+    report = report_markdown(result)
+    assert "## What TSTR could reach" in report and f"**{REFERENCE_ROW}**" in report
+    # another reference (half the real patches, 50 px) trains on its own count
+    other = run_four_way(real, real_labels, real_patients, synth, synth_labels, cfg, seed=3,
+                         reference=(real[:12], real_labels[:12]))
+    assert other["rows"][REFERENCE_ROW]["n_train"] == 12
+    with pytest.raises(ValueError, match="both labels"):
+        run_four_way(real, real_labels, real_patients, synth, synth_labels, cfg, seed=3,
+                     reference=(real[:12], np.zeros(12, int)))
+    json.dumps(result, allow_nan=False)

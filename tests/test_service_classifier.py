@@ -160,9 +160,14 @@ def test_evaluate_four_way_on_real_and_synthetic(service, real_dataset):
     assert_problem(c.post("/v1/jobs", json={"kind": "evaluate", "params": dict(params, synthetic_dataset_ids=synth[:1])}),
                    422, "both labels")
     assert_problem(c.post("/v1/jobs", json={"kind": "evaluate", "params": dict(params, weights="/no/such.pth")}), 422)
+    assert_problem(c.post("/v1/jobs", json={"kind": "evaluate", "params": dict(params, reference_dataset_id=synth[0])}),
+                   422, "reference_dataset_id")
+    assert_problem(c.post("/v1/jobs", json={"kind": "evaluate", "params": dict(params, reference_dataset_id="nope")}), 422)
+    # the generators' training dataset as the reference: the GRTR row
+    params["reference_dataset_id"] = real_dataset[0]
     job = service.wait_job(c.post("/v1/jobs", json={"kind": "evaluate", "params": params}).json()["id"])
     assert job["state"] == "succeeded", job["error"]
-    assert set(job["result"]["table"]) == {"TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX"}
+    assert set(job["result"]["table"]) == {"TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX", "GRTR"}
     gain = job["result"]["augmentation"]["accuracy"]
     assert gain["gain"] == pytest.approx(gain["augmented"] - gain["alone"]) and len(gain["ci95"]) == 2
     names = {a["name"]: a for a in job["artifacts"]}
@@ -172,8 +177,10 @@ def test_evaluate_four_way_on_real_and_synthetic(service, real_dataset):
     report = c.get(names["report.md"]["url"]).text
     for row in ("TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX"):
         assert row in report
-    assert "Does synthetic data help?" in report
+    assert "Does synthetic data help?" in report and "## What TSTR could reach" in report
     full = c.get(names["report.json"]["url"]).json()
+    assert full["datasets"]["reference"] == real_dataset[0] and full["n_reference"] == full["n_real"]
+    assert full["rows"]["GRTR"]["n_test"] == full["rows"]["TSTR"]["n_test"] == full["n_real"]
     trtr = full["rows"]["TRTR"]["split"]
     assert not set(trtr["train"].get("patients", [])) & set(trtr["test"].get("patients", []))
     cm = full["rows"]["TSTR"]["metrics"]["confusion_matrix_percent"]

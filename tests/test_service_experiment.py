@@ -54,7 +54,9 @@ def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
     assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
     for part in parts.values():
         assert part["by_label"].get("0", 0) > 0 and part["by_label"].get("1", 0) > 0
-    assert set(job["result"]["table"]) >= {"TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX"}
+    assert set(job["result"]["table"]) >= {"TRTR", "TSTS", "TRTS", "TSTR", "AUG_REAL", "AUG_MIX", "GRTR"}
+    evaluate = c.get(f"/v1/jobs/{job['result']['children']['evaluate']}").json()
+    assert evaluate["params"]["reference_dataset_id"] == parts["gan"]["dataset_id"]  # GRTR: the GAN part
     assert set(job["result"]["audit"]) == {"0", "1"}
     audit_job = c.get(f"/v1/jobs/{job['result']['children']['audit_1']}").json()
     overlap = audit_job["metrics"]["extractor_overlap"]  # its classifier saw neither audit set
@@ -85,7 +87,8 @@ def test_experiment_runs_the_pipeline_as_child_jobs(service, real_dataset):
     report = c.get(names["report.md"]["url"]).text
     for section in ("Patients, split three ways", "beside the paper's Table 3", "Does synthetic data help?",
                     "## Audit", "## Steps (child jobs)", "TSTR", "best snapshot, scored every 10 steps",
-                    "on samples drawn at 64 px", "label-filtered", filter_job["result"]["model_id"]):
+                    "on samples drawn at 64 px", "label-filtered", filter_job["result"]["model_id"],
+                    "GRTR, what TSTR could reach"):
         assert section in report
     assert c.get(names["report.json"]["url"]).json()["generators"] == job["result"]["generators"]
 

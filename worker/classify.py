@@ -131,19 +131,25 @@ def handle_evaluate(ctx: JobContext) -> Outcome:
         raise UserError("the synthetic datasets hold one label only; the protocol needs IDC- and IDC+")
     r_rows = _cap_per_class(real_labels, p.max_per_class, seed)
     s_rows = _cap_per_class(synth_labels, p.max_per_class, seed)
+    reference = None
+    if p.reference_dataset_id is not None:
+        ref, ref_labels, _ = _load(ctx, [p.reference_dataset_id])
+        g_rows = _cap_per_class(ref_labels, p.max_per_class, seed)
+        reference = (LabelView(ref, g_rows), ref_labels[g_rows])
     try:
         result = run_four_way(LabelView(real, r_rows), real_labels[r_rows], real_patients[r_rows],
                               LabelView(synth, s_rows), synth_labels[s_rows], config,
                               split_by=p.split_by, seed=seed,
                               test_fraction=p.test_fraction, progress_fn=_progress(ctx, "protocol"),
                               augment_fraction=p.augment_fraction, bootstrap=p.bootstrap,
-                              abort_fn=ctx.should_abort, device=device)
+                              abort_fn=ctx.should_abort, device=device, reference=reference)
     except TrainingAborted as exc:
         raise JobAborted("cancelled") from exc
     except (WeightsUnavailableError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
     result["config"] = recorded.to_dict()  # the record names a model, not a cache path
-    result["datasets"] = {"real": p.real_dataset_id, "synthetic": p.synthetic_dataset_ids}
+    result["datasets"] = {"real": p.real_dataset_id, "synthetic": p.synthetic_dataset_ids,
+                          "reference": p.reference_dataset_id}
     result["max_per_class"] = p.max_per_class
     artifacts = {}
     for name, row in result["rows"].items():

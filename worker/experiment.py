@@ -8,7 +8,7 @@
 4. generate, per label, as many patches as the classification part holds (with label_filter,
    only those a classifier trained on the GAN part puts on their label: models/label_filter.py);
 5. evaluate: the four-way protocol (and the augmentation rows) on the classification part
-   against the synthetic sets;
+   against the synthetic sets, with the GAN part as the reference (GRTR: what TSTR could reach);
 6. audit, per label, against the holdout patients;
 7. one report beside the paper's Table 3.
 
@@ -169,7 +169,7 @@ def handle_experiment(ctx: JobContext) -> Outcome:
     progress("evaluate", "evaluate")
     evaluate = _child(ctx, "evaluate", "evaluate", {
         **classifier, "real_dataset_id": parts["classify"], "synthetic_dataset_ids": [synthetic[0], synthetic[1]],
-        "seed": p.seed, "augment_fraction": p.augment_fraction})
+        "seed": p.seed, "augment_fraction": p.augment_fraction, "reference_dataset_id": parts["gan"]})
     audits = {}
     for label in (0, 1):
         progress(f"audit_{label}", f"audit label {label}")

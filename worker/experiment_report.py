@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.protocol import AUG_ROWS, PAPER_TABLE3, ROWS
+from models.protocol import AUG_ROWS, PAPER_TABLE3, REFERENCE_ROW, ROWS
 
 LABELS = {"0": "IDC-", "1": "IDC+"}
 
@@ -55,6 +55,11 @@ def experiment_markdown(summary: dict[str, Any]) -> str:
         m, paper = summary["table"][row], PAPER_TABLE3[row]
         lines.append(f"| {row} | " + " | ".join(_f(m.get(k)) for k in ("accuracy", "precision", "recall", "f1", "auc"))
                      + " | " + " / ".join(f"{paper[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1")) + " |")
+    ref = summary["table"].get(REFERENCE_ROW)
+    if ref:
+        lines += ["", f"{REFERENCE_ROW}, what TSTR could reach: a classifier on the GAN part's real patches (the ones the "
+                  f"generators learned from), tested as TSTR is: accuracy {_f(ref.get('accuracy'))}, AUC "
+                  f"{_f(ref.get('auc'))}. TSTR's distance below it is what the generators lose."]
     aug = summary.get("augmentation")
     if aug:
         lines += ["", "## Does synthetic data help?", "",
