@@ -106,7 +106,7 @@ def redraw(c, experiment: dict, size: int | None, extra: dict | None = None) -> 
             fidelity[label] = {"counts": summary["counts"], "fidelity": summary["fidelity"],
                                "real_floor": summary["real_floor"], "flagged_fraction": summary["flagged_fraction"],
                                **({"label_filter": job["result"]["label_filter"]} if "label_filter" in job["result"] else {})}
-            print(f"audit label {label} at {size} px: {json.dumps(fidelity[label])}", file=sys.stderr, flush=True)
+            print(f"audit label {label} at {size or gen['params']['size']} px: {json.dumps(fidelity[label])}", file=sys.stderr, flush=True)
     return ids, fidelity
 
 
