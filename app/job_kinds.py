@@ -406,27 +406,14 @@ class GenerateParams(Params):
         return self
 
 
-def _filter_classifier(session: Session, model_id: str | None) -> None:
-    """A generate job's filter must be a stored classifier."""
-    from app.tables import ModelVersion
-
-    if model_id is None:
-        return
-    model = session.get(ModelVersion, model_id)
-    if model is None:
-        raise Problem(422, "Unknown filter model", f"No model with id {model_id!r} (filter_model_id).")
-    if model.kind != "classifier":
-        raise Problem(422, "Filter model is not a classifier",
-                      f"Model {model.id} is a {model.kind}; filter_model_id needs a classifier.")
-
-
 def check_generate(params: GenerateParams, settings: Settings, session: Session) -> GenerateParams | None:
     from app.tables import ModelVersion
 
     if params.n > settings.max_generate_n:
         raise Problem(422, "Too many patches requested",
                       f"n={params.n} is over the cap of {settings.max_generate_n} (HISTOSYNTH_MAX_GENERATE_N).")
-    _filter_classifier(session, params.filter_model_id)
+    if params.filter_model_id is not None:  # a given id: never the promoted fallback, so no 409 text
+        model_registry.classifier_id(session, params.filter_model_id, "filter_model_id", ("", ""))
     if params.model_id is None:
         model = model_registry.promoted(session, "generator", params.label)
         if model is None:

@@ -111,10 +111,10 @@ def test_generate_with_a_label_filter(service, pipeline):
     dataset = c.get(f"/v1/datasets/{job['result']['dataset_id']}").json()
     assert dataset["n_patches"] == 20 and dataset["source"]["label_filter"]["kept"] == 20
 
-    def refused(extra: dict, status: int, needle: str) -> None:
-        assert_problem(c.post("/v1/jobs", json={"kind": "generate", "params": {**base, **extra}}), status, needle)
+    def refused(extra: dict, status: int, *needles: str) -> None:
+        assert_problem(c.post("/v1/jobs", json={"kind": "generate", "params": {**base, **extra}}), status, *needles)
 
-    refused({"filter_model_id": pipeline["generator_id"]}, 422, "needs a classifier")
+    refused({"filter_model_id": pipeline["generator_id"]}, 422, "filter_model_id", "not a classifier")
     refused({"filter_model_id": "nope"}, 422, "filter_model_id")
     refused({"filter_min_prob": 0.7}, 422, "need filter_model_id")
     refused({"filter_model_id": clf_id, "filter_min_prob": 1.0}, 422, "filter_min_prob")

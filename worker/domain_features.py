@@ -22,13 +22,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_domain_extractor(ctx: JobContext, model_id: str) -> FeatureExtractor:
+def load_classifier_version(ctx: JobContext, model_id: str, what: str = "classifier",
+                            device: str = "cpu") -> tuple[object, object, dict[str, object]]:
+    """(model in eval mode, its config, its identity: model id, version and the file's sha256)."""
     with session_scope(ctx.db_url) as s:
         row = s.get(ModelVersion, model_id)
         if row is None or row.kind != "classifier":
-            raise UserError(f"classifier {model_id} no longer exists")
+            raise UserError(f"{what} {model_id} no longer exists")
         key, version = row.key, row.version
     path = ctx.storage.local_path(key)
-    model, config = load_classifier(path)
-    return domain_extractor(model, config.input_size, {"model_id": model_id, "model_version": version,
-                                                       "sha256": sha256_file(path)})
+    model, config = load_classifier(path, device=device)
+    return model, config, {"model_id": model_id, "model_version": version, "sha256": sha256_file(path)}
+
+
+def load_domain_extractor(ctx: JobContext, model_id: str) -> FeatureExtractor:
+    model, config, identity = load_classifier_version(ctx, model_id)
+    return domain_extractor(model, config.input_size, identity)

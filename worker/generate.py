@@ -16,11 +16,10 @@ from app.packed import INDEX_DTYPE, PackedWriter
 from app.storage import Storage
 from app.tables import Dataset, ModelVersion
 from app.db import session_scope
-from models.classifier import load_classifier
 from models.label_filter import FilterExhausted, FilterTally, label_filtered
 from models.sampling import build_generator_from_state, iter_samples
 from worker.context import JobAborted, JobContext, Outcome, UserError, stable_id
-from worker.domain_features import sha256_file
+from worker.domain_features import load_classifier_version
 from worker.models_store import pick_device, read_state
 
 LABEL_NAMES = {0: "IDC-", 1: "IDC+"}
@@ -80,15 +79,8 @@ def _label_filter(ctx: JobContext, p: GenerateParams, device: str) -> tuple[Labe
     """The job's LabelFilter and its record (model id, version, sha256, threshold), or (None, {})."""
     if p.filter_model_id is None:
         return None, {}
-    with session_scope(ctx.db_url) as s:
-        row = s.get(ModelVersion, p.filter_model_id)
-        if row is None or row.kind != "classifier":
-            raise UserError(f"filter classifier {p.filter_model_id} no longer exists")
-        key, version = row.key, row.version
-    path = ctx.storage.local_path(key)
-    classifier, config = load_classifier(path, device=device)
-    record = {"model_id": p.filter_model_id, "model_version": version, "sha256": sha256_file(path),
-              "min_prob": p.filter_min_prob, "max_draw": p.filter_max_draw}
+    classifier, config, identity = load_classifier_version(ctx, p.filter_model_id, "filter classifier", device)
+    record = {**identity, "min_prob": p.filter_min_prob, "max_draw": p.filter_max_draw}
     return LabelFilter(classifier, config.input_size, p.filter_min_prob, p.filter_max_draw, FilterTally()), record
 
 
